@@ -1,0 +1,1 @@
+//! Storage. (Placeholder: owned by the storage work, issue #3.)

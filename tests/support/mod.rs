@@ -1,0 +1,10 @@
+//! Shared test support: real servers on loopback (HTTP, HTTPS, DNS) and a real
+//! PostgreSQL. Every integration test includes this with `mod support;`.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod http;
+pub mod pg;
+pub mod tls;

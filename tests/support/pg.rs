@@ -1,0 +1,1 @@
+//! Test support (placeholder: owned by the storage work).
