@@ -1,0 +1,593 @@
+//! Monitor slots: when each monitor is due, and firing it on time.
+//!
+//! Owns the slot grid and the timer loop. A monitor's slots are deterministic, so every
+//! instance that ever leads a datacenter computes the same ones and a new leader simply
+//! continues the grid: an interval monitor fires at `epoch + offset + k × interval`, where
+//! the offset is a stable hash of the monitor id that spreads monitors evenly across their
+//! interval (no thundering herd at :00); a cron monitor fires at the cron's fire times.
+//! The slot is also the heartbeat's key, so two instances probing the same slot store one
+//! row.
+//!
+//! One task sleeps until the earliest due slot (`sleep_until`, millisecond timer) and
+//! dispatches each due monitor into its own task; probes never run on the timer task, so a
+//! slow target cannot delay anybody else's slot. Slots that passed while nothing could fire
+//! them (a stall, a new leader) are skipped, never replayed in a burst. Concurrency is
+//! bounded by a semaphore; a slot that cannot get a permit before its monitor's next slot
+//! is skipped and counted.
+//!
+//! tokio-cron-scheduler is deliberately not used here: it ticks every 500 ms, keeps fire
+//! times in whole seconds and drops fires at scale (see DESIGN.md). It runs only the
+//! leader's housekeeping. This module knows nothing about probes, Postgres or leadership:
+//! it calls the dispatch function it was given and stops when its token is cancelled.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use croner::parser::{CronParser, Seconds};
+use croner::Cron;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often a monitor is due.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cadence {
+    /// Every so many whole seconds, on the monitor's offset of the epoch grid.
+    Every { seconds: u32 },
+    /// At the fire times of a cron expression with a seconds field (UTC).
+    Cron(Box<Cron>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CadenceError {
+    #[error("schedule has neither interval_seconds nor cron; set exactly one")]
+    Missing,
+    #[error("schedule has both interval_seconds and cron; set exactly one")]
+    Both,
+    #[error("interval_seconds must be positive (got {0})")]
+    NonPositiveInterval(i32),
+    #[error("cron {pattern:?} is invalid: {reason}; use six fields with seconds first, e.g. \"0 */5 * * * *\"")]
+    InvalidCron { pattern: String, reason: String },
+    #[error("cron {0:?} never fires; pick a pattern that matches future times")]
+    NeverFires(String),
+}
+
+impl Cadence {
+    /// Builds a cadence from a `schedules` row's two columns, exactly one of which is set.
+    pub fn from_parts(
+        interval_seconds: Option<i32>,
+        cron: Option<&str>,
+    ) -> Result<Self, CadenceError> {
+        match (interval_seconds, cron) {
+            (Some(_), Some(_)) => Err(CadenceError::Both),
+            (None, None) => Err(CadenceError::Missing),
+            (Some(seconds), None) => u32::try_from(seconds)
+                .ok()
+                .filter(|s| *s > 0)
+                .map(|seconds| Self::Every { seconds })
+                .ok_or(CadenceError::NonPositiveInterval(seconds)),
+            (None, Some(pattern)) => Self::cron(pattern),
+        }
+    }
+
+    pub fn cron(pattern: &str) -> Result<Self, CadenceError> {
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .build()
+            .parse(pattern)
+            .map_err(|err| CadenceError::InvalidCron {
+                pattern: pattern.to_string(),
+                reason: err.to_string(),
+            })?;
+        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+            return Err(CadenceError::NeverFires(pattern.to_string()));
+        }
+        Ok(Self::Cron(Box::new(cron)))
+    }
+
+    /// The first slot strictly after `t`.
+    pub fn next_slot_after(&self, monitor_id: i32, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Every { seconds } => {
+                let (period, offset) = interval_grid(monitor_id, *seconds);
+                let k = (micros(t) - offset).div_euclid(period) + 1;
+                Some(from_micros(offset + k * period))
+            }
+            Self::Cron(cron) => cron.find_next_occurrence(&whole_second(t), false).ok(),
+        }
+    }
+
+    /// The last slot at or before `t`.
+    pub fn last_slot_at_or_before(
+        &self,
+        monitor_id: i32,
+        t: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Every { seconds } => {
+                let (period, offset) = interval_grid(monitor_id, *seconds);
+                let k = (micros(t) - offset).div_euclid(period);
+                Some(from_micros(offset + k * period))
+            }
+            Self::Cron(cron) => cron.find_previous_occurrence(&whole_second(t), true).ok(),
+        }
+    }
+}
+
+/// Period and per-monitor offset of an interval grid, in microseconds since the epoch. The
+/// offset is whole milliseconds so slots print cleanly.
+fn interval_grid(monitor_id: i32, seconds: u32) -> (i64, i64) {
+    let period_ms = i64::from(seconds) * 1000;
+    let offset_ms = (spread(monitor_id) % period_ms as u64) as i64;
+    (period_ms * 1000, offset_ms * 1000)
+}
+
+/// A fixed integer mixer (splitmix64's finaliser): the same offset for the same id in
+/// every process and every version, which a std hasher does not promise.
+fn spread(monitor_id: i32) -> u64 {
+    let mut z = (monitor_id as u32 as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Cron fire times are whole seconds; croner would carry `t`'s fraction into its answer.
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    from_micros(t.timestamp() * 1_000_000)
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us)
+        .single()
+        .expect("slot within chrono's range")
+}
+
+/// One monitor as the scheduler sees it: an id, a cadence and whatever the dispatch
+/// function needs to probe it.
+pub struct ScheduleEntry<T> {
+    pub monitor_id: i32,
+    pub cadence: Cadence,
+    pub payload: Arc<T>,
+}
+
+/// A due slot handed to the dispatch function.
+pub struct Fire<T> {
+    pub monitor_id: i32,
+    /// The slot on the monitor's grid (the heartbeat's key).
+    pub slot: DateTime<Utc>,
+    /// When the dispatch function was called.
+    pub started_at: DateTime<Utc>,
+    /// `started_at - slot`: timer lateness plus any wait for a concurrency permit.
+    pub lag: Duration,
+    pub payload: Arc<T>,
+}
+
+/// Counters a metrics endpoint or a benchmark can read.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    /// Slots handed to the dispatch function.
+    pub fired: AtomicU64,
+    /// Slots that passed without being fired (the loop was late by a whole period).
+    pub skipped_late: AtomicU64,
+    /// Slots dropped because no concurrency permit freed up before the next slot.
+    pub skipped_saturated: AtomicU64,
+}
+
+/// Replaces the scheduled set while the scheduler runs.
+pub struct SchedulerHandle<T> {
+    updates: mpsc::UnboundedSender<Vec<ScheduleEntry<T>>>,
+    stats: Arc<SchedulerStats>,
+}
+
+impl<T> Clone for SchedulerHandle<T> {
+    fn clone(&self) -> Self {
+        Self {
+            updates: self.updates.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<T> SchedulerHandle<T> {
+    /// The new complete set. Monitors whose cadence is unchanged keep their next slot and
+    /// pick up the new payload at it; new or re-timed monitors start at their next slot.
+    pub fn replace_all(&self, entries: Vec<ScheduleEntry<T>>) {
+        // The receiver only goes away when the scheduler stopped; nothing to update then.
+        let _ = self.updates.send(entries);
+    }
+
+    pub fn stats(&self) -> Arc<SchedulerStats> {
+        self.stats.clone()
+    }
+}
+
+pub struct Scheduler<T, F> {
+    dispatch: Arc<F>,
+    permits: Arc<Semaphore>,
+    in_flight: TaskTracker,
+    handle: SchedulerHandle<T>,
+    updates: mpsc::UnboundedReceiver<Vec<ScheduleEntry<T>>>,
+}
+
+/// A monitor's place in the loop. `generation` invalidates queue entries left over from
+/// before its cadence changed or it was removed.
+struct Planned<T> {
+    cadence: Cadence,
+    payload: Arc<T>,
+    generation: u64,
+}
+
+impl<T, F, Fut> Scheduler<T, F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Fire<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    /// `in_flight` tracks every dispatched probe, so the caller can wait for them at
+    /// shutdown after the scheduler itself has stopped.
+    pub fn new(max_concurrent: usize, in_flight: TaskTracker, dispatch: F) -> Self {
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        Self {
+            dispatch: Arc::new(dispatch),
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            in_flight,
+            handle: SchedulerHandle {
+                updates: updates_tx,
+                stats: Arc::default(),
+            },
+            updates,
+        }
+    }
+
+    pub fn handle(&self) -> SchedulerHandle<T> {
+        self.handle.clone()
+    }
+
+    /// Fires slots until `stop` is cancelled. After it returns no new probe starts, not
+    /// even one that was waiting for a permit: that is the leader's self-fence.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut monitors: HashMap<i32, Planned<T>> = HashMap::new();
+        let mut due: BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>> = BinaryHeap::new();
+        let mut generation = 0u64;
+        loop {
+            let wake_at = due.peek().map(|Reverse((slot, _, _))| instant_of(*slot));
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                update = self.updates.recv() => {
+                    let Some(entries) = update else { return };
+                    generation += 1;
+                    self.apply(entries, generation, &mut monitors, &mut due);
+                }
+                _ = sleep_until_or_forever(wake_at) => {
+                    self.fire_due(&monitors, &mut due, &stop);
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        entries: Vec<ScheduleEntry<T>>,
+        generation: u64,
+        monitors: &mut HashMap<i32, Planned<T>>,
+        due: &mut BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>>,
+    ) {
+        let now = Utc::now();
+        let mut next = HashMap::with_capacity(entries.len());
+        for entry in entries {
+            let planned = match monitors.remove(&entry.monitor_id) {
+                Some(old) if old.cadence == entry.cadence => Planned {
+                    payload: entry.payload,
+                    ..old
+                },
+                _ => {
+                    if let Some(slot) = entry.cadence.next_slot_after(entry.monitor_id, now) {
+                        due.push(Reverse((slot, entry.monitor_id, generation)));
+                    }
+                    Planned {
+                        cadence: entry.cadence,
+                        payload: entry.payload,
+                        generation,
+                    }
+                }
+            };
+            next.insert(entry.monitor_id, planned);
+        }
+        *monitors = next;
+        // Removed and re-timed monitors leave stale queue entries behind; they are dropped
+        // when they surface. Rebuild only when they would dominate the queue.
+        if due.len() > 2 * monitors.len() + 64 {
+            due.retain(|Reverse((_, id, generation))| {
+                monitors
+                    .get(id)
+                    .is_some_and(|m| m.generation == *generation)
+            });
+        }
+    }
+
+    fn fire_due(
+        &self,
+        monitors: &HashMap<i32, Planned<T>>,
+        due: &mut BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>>,
+        stop: &CancellationToken,
+    ) {
+        let now = Utc::now();
+        while let Some(Reverse((slot, monitor_id, generation))) = due.peek().copied() {
+            if slot > now {
+                break;
+            }
+            due.pop();
+            let Some(planned) = monitors
+                .get(&monitor_id)
+                .filter(|m| m.generation == generation)
+            else {
+                continue;
+            };
+            // Woken late by a whole period or more: fire only the latest slot.
+            let latest = planned
+                .cadence
+                .last_slot_at_or_before(monitor_id, now)
+                .filter(|latest| *latest >= slot)
+                .unwrap_or(slot);
+            if latest > slot {
+                self.handle
+                    .stats
+                    .skipped_late
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(monitor_id, %slot, %latest, "scheduler fell behind; skipping missed slots");
+            }
+            let next = planned.cadence.next_slot_after(monitor_id, latest);
+            if let Some(next) = next {
+                due.push(Reverse((next, monitor_id, generation)));
+            }
+            self.dispatch(monitor_id, latest, next, planned.payload.clone(), stop);
+        }
+    }
+
+    fn dispatch(
+        &self,
+        monitor_id: i32,
+        slot: DateTime<Utc>,
+        next_slot: Option<DateTime<Utc>>,
+        payload: Arc<T>,
+        stop: &CancellationToken,
+    ) {
+        let permits = self.permits.clone();
+        let dispatch = self.dispatch.clone();
+        let stats = self.handle.stats.clone();
+        let stop = stop.clone();
+        self.in_flight.spawn(async move {
+            let give_up = next_slot.map(instant_of);
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = sleep_until_or_forever(give_up) => {
+                    stats.skipped_saturated.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(monitor_id, %slot, "no free probe slot before the next slot; skipping (raise VANTAGE_MAX_CONCURRENT_PROBES)");
+                    return;
+                }
+            };
+            let started_at = Utc::now();
+            stats.fired.fetch_add(1, Ordering::Relaxed);
+            dispatch(Fire {
+                monitor_id,
+                slot,
+                started_at,
+                lag: (started_at - slot).to_std().unwrap_or_default(),
+                payload,
+            })
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+/// The monotonic instant at which the wall clock reads `at` (now, if that has passed).
+fn instant_of(at: DateTime<Utc>) -> Instant {
+    let ahead = (at - Utc::now()).to_std().unwrap_or_default();
+    Instant::now() + ahead
+}
+
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn interval_slots_sit_on_a_stable_per_monitor_grid() {
+        let every = Cadence::Every { seconds: 60 };
+        let t = at("2026-11-25T10:00:30Z");
+        let next = every.next_slot_after(7, t).unwrap();
+        let last = every.last_slot_at_or_before(7, t).unwrap();
+        assert_eq!(next - last, chrono::Duration::seconds(60));
+        assert!(last <= t && t < next);
+        // The same monitor lands on the same grid from any starting point.
+        let later = every.next_slot_after(7, next).unwrap();
+        assert_eq!(later - next, chrono::Duration::seconds(60));
+        assert_eq!(every.last_slot_at_or_before(7, next), Some(next));
+        // Offsets are whole milliseconds and differ between monitors.
+        assert_eq!(next.timestamp_subsec_micros() % 1000, 0);
+        assert_ne!(
+            every.next_slot_after(8, t),
+            Some(next),
+            "different monitors spread out"
+        );
+    }
+
+    #[test]
+    fn offsets_spread_monitors_across_the_interval() {
+        let every = Cadence::Every { seconds: 10 };
+        let t = at("2026-11-25T10:00:00Z");
+        let mut per_second = [0u32; 10];
+        for id in 1..=10_000 {
+            let slot = every.next_slot_after(id, t).unwrap();
+            per_second[((slot - t).num_milliseconds() / 1000) as usize % 10] += 1;
+        }
+        for count in per_second {
+            assert!(
+                (800..1200).contains(&count),
+                "uneven spread: {per_second:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cron_slots_are_its_fire_times() {
+        let cron = Cadence::cron("*/15 * * * * *").unwrap();
+        let t = at("2026-11-25T10:00:16.500Z");
+        assert_eq!(cron.next_slot_after(1, t), Some(at("2026-11-25T10:00:30Z")));
+        assert_eq!(
+            cron.last_slot_at_or_before(1, t),
+            Some(at("2026-11-25T10:00:15Z"))
+        );
+        assert_eq!(
+            cron.next_slot_after(1, at("2026-11-25T10:00:30Z")),
+            Some(at("2026-11-25T10:00:45Z")),
+            "strictly after"
+        );
+    }
+
+    #[test]
+    fn bad_schedules_are_rejected_with_the_fix() {
+        assert_eq!(Cadence::from_parts(None, None), Err(CadenceError::Missing));
+        assert_eq!(
+            Cadence::from_parts(Some(5), Some("* * * * * *")),
+            Err(CadenceError::Both)
+        );
+        assert_eq!(
+            Cadence::from_parts(Some(0), None),
+            Err(CadenceError::NonPositiveInterval(0))
+        );
+        let err = Cadence::from_parts(None, Some("every minute")).unwrap_err();
+        assert!(err.to_string().contains("seconds first"), "{err}");
+        let five_fields = Cadence::cron("*/5 * * * *").unwrap_err();
+        assert!(
+            matches!(five_fields, CadenceError::InvalidCron { .. }),
+            "{five_fields:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fires_each_slot_once_on_time_and_applies_updates() {
+        let fires = Arc::new(Mutex::new(Vec::new()));
+        let recorded = fires.clone();
+        let scheduler = Scheduler::new(16, TaskTracker::new(), move |fire: Fire<&'static str>| {
+            let recorded = recorded.clone();
+            async move {
+                recorded.lock().unwrap().push((
+                    fire.monitor_id,
+                    fire.slot,
+                    fire.lag,
+                    *fire.payload,
+                ));
+            }
+        });
+        let handle = scheduler.handle();
+        let entry = |id, payload| ScheduleEntry {
+            monitor_id: id,
+            cadence: Cadence::Every { seconds: 1 },
+            payload: Arc::new(payload),
+        };
+        handle.replace_all(vec![entry(1, "v1"), entry(2, "v1")]);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(scheduler.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        handle.replace_all(vec![entry(1, "v2")]);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        stop.cancel();
+        run.await.unwrap();
+
+        let fires = fires.lock().unwrap().clone();
+        let of = |id| fires.iter().filter(|f| f.0 == id).collect::<Vec<_>>();
+        let (one, two) = (of(1), of(2));
+        assert!(
+            (3..=4).contains(&one.len()),
+            "monitor 1 fired {} times",
+            one.len()
+        );
+        assert!(
+            (2..=3).contains(&two.len()),
+            "monitor 2 fired {} times",
+            two.len()
+        );
+        for pair in one.windows(2) {
+            assert_eq!(
+                pair[1].1 - pair[0].1,
+                chrono::Duration::seconds(1),
+                "one slot per second, none skipped"
+            );
+        }
+        assert_eq!(
+            one.last().unwrap().3,
+            "v2",
+            "the update reached the next slot"
+        );
+        for fire in &fires {
+            assert!(fire.2 < Duration::from_millis(100), "late by {:?}", fire.2);
+        }
+        assert_eq!(
+            handle.stats().fired.load(Ordering::Relaxed),
+            fires.len() as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_scheduler_starts_nothing_waiting_for_a_permit() {
+        let started = Arc::new(AtomicU64::new(0));
+        let counter = started.clone();
+        let tracker = TaskTracker::new();
+        // One permit, held by a probe that outlives the stop: later slots must not start.
+        let scheduler = Scheduler::new(1, tracker.clone(), move |_fire: Fire<()>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        });
+        let handle = scheduler.handle();
+        handle.replace_all(
+            (1..=3)
+                .map(|id| ScheduleEntry {
+                    monitor_id: id,
+                    cadence: Cadence::Every { seconds: 1 },
+                    payload: Arc::new(()),
+                })
+                .collect(),
+        );
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(scheduler.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        stop.cancel();
+        run.await.unwrap();
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            1,
+            "only the probe holding the permit ran"
+        );
+    }
+}
