@@ -213,6 +213,7 @@ impl<T> SchedulerHandle<T> {
 
 pub struct Scheduler<T, F> {
     dispatch: Arc<F>,
+    catch_up: Duration,
     permits: Arc<Semaphore>,
     in_flight: TaskTracker,
     handle: SchedulerHandle<T>,
@@ -239,6 +240,7 @@ where
         let (updates_tx, updates) = mpsc::unbounded_channel();
         Self {
             dispatch: Arc::new(dispatch),
+            catch_up: Duration::ZERO,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             in_flight,
             handle: SchedulerHandle {
@@ -247,6 +249,17 @@ where
             },
             updates,
         }
+    }
+
+    /// When the scheduler starts, a slot that passed at most `window` ago is still fired
+    /// (late, and its lag says so) instead of waiting for the next one. This closes the gap
+    /// of a leader hand-over: the slot that fell between the old leader's last dispatch and
+    /// the new leader's first is probed once more by the new leader; heartbeats are keyed by
+    /// slot, so if the old leader did probe it, the second row is ignored. Keep the window
+    /// short: every monitor whose slot falls in it fires at once.
+    pub fn with_catch_up(mut self, window: Duration) -> Self {
+        self.catch_up = window;
+        self
     }
 
     pub fn handle(&self) -> SchedulerHandle<T> {
@@ -259,6 +272,7 @@ where
         let mut monitors: HashMap<i32, Planned<T>> = HashMap::new();
         let mut due: BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>> = BinaryHeap::new();
         let mut generation = 0u64;
+        let mut catch_up = self.catch_up;
         loop {
             let wake_at = due.peek().map(|Reverse((slot, _, _))| instant_of(*slot));
             tokio::select! {
@@ -267,7 +281,10 @@ where
                 update = self.updates.recv() => {
                     let Some(entries) = update else { return };
                     generation += 1;
-                    self.apply(entries, generation, &mut monitors, &mut due);
+                    self.apply(entries, generation, catch_up, &mut monitors, &mut due);
+                    // Only the set the scheduler starts with catches up; monitors added
+                    // later begin at their next slot.
+                    catch_up = Duration::ZERO;
                 }
                 _ = sleep_until_or_forever(wake_at) => {
                     self.fire_due(&monitors, &mut due, &stop);
@@ -280,6 +297,7 @@ where
         &self,
         entries: Vec<ScheduleEntry<T>>,
         generation: u64,
+        catch_up: Duration,
         monitors: &mut HashMap<i32, Planned<T>>,
         due: &mut BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>>,
     ) {
@@ -292,7 +310,13 @@ where
                     ..old
                 },
                 _ => {
-                    if let Some(slot) = entry.cadence.next_slot_after(entry.monitor_id, now) {
+                    let recent = entry
+                        .cadence
+                        .last_slot_at_or_before(entry.monitor_id, now)
+                        .filter(|slot| (now - *slot).to_std().is_ok_and(|ago| ago <= catch_up));
+                    let first =
+                        recent.or_else(|| entry.cadence.next_slot_after(entry.monitor_id, now));
+                    if let Some(slot) = first {
                         due.push(Reverse((slot, entry.monitor_id, generation)));
                     }
                     Planned {
@@ -552,6 +576,33 @@ mod tests {
             handle.stats().fired.load(Ordering::Relaxed),
             fires.len() as u64
         );
+    }
+
+    #[tokio::test]
+    async fn a_starting_scheduler_catches_up_the_slot_that_just_passed() {
+        let fires = Arc::new(Mutex::new(Vec::new()));
+        let recorded = fires.clone();
+        let scheduler = Scheduler::new(4, TaskTracker::new(), move |fire: Fire<()>| {
+            let recorded = recorded.clone();
+            async move { recorded.lock().unwrap().push((fire.slot, fire.lag)) }
+        })
+        .with_catch_up(Duration::from_secs(10));
+        scheduler.handle().replace_all(vec![ScheduleEntry {
+            monitor_id: 42,
+            cadence: Cadence::Every { seconds: 10 },
+            payload: Arc::new(()),
+        }]);
+        let started = Utc::now();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(scheduler.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        run.await.unwrap();
+        let fires = fires.lock().unwrap().clone();
+        assert_eq!(fires.len(), 1, "{fires:?}");
+        let (slot, lag) = fires[0];
+        assert!(slot <= started, "the slot before the start was fired");
+        assert!(lag >= (started - slot).to_std().unwrap(), "its lag is honest");
     }
 
     #[tokio::test]
