@@ -1,12 +1,226 @@
-//! `vantage check`. (Placeholder: owned by the probe work, issue #2.)
+//! `vantage check URL`: probe one URL once, for people (a phase breakdown) and scripts
+//! (`--json`, exit codes). It turns flags into an [`HttpMonitorSpec`], runs one probe
+//! with a [`Prober`] configured from the environment, and prints the report.
+//!
+//! Exit codes: 0 the check succeeded (up, warning or critical), 1 it is down, 2 the
+//! command line was unusable (bad URL, header, status set, CA file...).
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::probe::{HttpMonitor, HttpMonitorSpec, ProbeReport, Prober};
+
+/// Exit code for an unusable command line (clap uses the same for its own errors).
+pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// The URL to probe (http:// or https://).
     pub url: String,
+    /// Request method (default GET, or POST with --data).
+    #[arg(short = 'X', long = "method")]
+    pub method: Option<String>,
+    /// Request header "Name: value"; repeatable. Values of Authorization, Cookie,
+    /// Proxy-Authorization and --secret-header names are never printed.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Header name whose value is secret (never printed); repeatable.
+    #[arg(long = "secret-header", value_name = "NAME")]
+    pub secret_headers: Vec<String>,
+    /// Request body.
+    #[arg(short = 'd', long = "data")]
+    pub data: Option<String>,
+    /// Overall deadline of the probe, e.g. 10s or 500ms.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Acceptable status codes, e.g. "200-299,301" (default 200-399).
+    #[arg(long = "expect-status", default_value = "")]
+    pub expect_status: String,
+    /// Text the response body must contain.
+    #[arg(long = "expect-body")]
+    pub expect_body: Option<String>,
+    /// Do not verify the server's TLS certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Extra trusted root certificates (PEM), in addition to the compiled-in public roots.
+    #[arg(long = "ca-file", env = "VANTAGE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Use IPv4 only.
+    #[arg(long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Report a redirect as the final response instead of following it.
+    #[arg(long = "no-follow")]
+    pub no_follow: bool,
+    /// Most redirects to follow.
+    #[arg(long = "max-redirects", default_value_t = 10)]
+    pub max_redirects: u32,
+    /// Total time above which the check is a warning.
+    #[arg(long = "warning-ms")]
+    pub warning_ms: Option<f64>,
+    /// Total time above which the check is critical.
+    #[arg(long = "critical-ms")]
+    pub critical_ms: Option<f64>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub async fn execute(_args: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let monitor = match monitor_from_args(&args) {
+        Ok(monitor) => monitor,
+        Err(message) => return Ok(usage_error(&message)),
+    };
+    // The CA file and VANTAGE_DNS_SERVERS are part of the command line's contract.
+    let prober = match prober_from_args(&args) {
+        Ok(prober) => prober,
+        Err(err) => return Ok(usage_error(&format!("{err:#}"))),
+    };
+    let report = prober.probe(&monitor).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&monitor, &report));
+    }
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn prober_from_args(args: &CheckArgs) -> anyhow::Result<Prober> {
+    // clap already falls back to VANTAGE_CA_FILE for --ca-file.
+    let mut builder = Prober::builder().dns_servers_from_env()?;
+    if let Some(path) = &args.ca_file {
+        builder = builder.ca_file(path);
+    }
+    builder.build()
+}
+
+/// Builds the monitor, or says what is wrong with the command line.
+pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
+    let mut headers = Vec::with_capacity(args.headers.len());
+    for raw in &args.headers {
+        let Some((name, value)) = raw.split_once(':') else {
+            return Err(format!(
+                "header {:?} is not \"Name: value\" (missing ':')",
+                raw.split_whitespace().next().unwrap_or_default()
+            ));
+        };
+        if name.trim().is_empty() {
+            return Err("a header has an empty name; write -H \"Name: value\"".into());
+        }
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let method = match (&args.method, &args.data) {
+        (Some(method), _) => method.clone(),
+        (None, Some(_)) => "POST".into(),
+        (None, None) => "GET".into(),
+    };
+    let spec = HttpMonitorSpec {
+        method,
+        url: args.url.clone(),
+        headers,
+        secret_headers: args.secret_headers.clone(),
+        body: args.data.clone(),
+        timeout: args.timeout,
+        expected_status: args.expect_status.clone(),
+        body_contains: args.expect_body.clone(),
+        follow_redirects: !args.no_follow,
+        max_redirects: args.max_redirects,
+        verify_tls: !args.insecure,
+        ip_family: if args.ipv4 {
+            "ipv4"
+        } else if args.ipv6 {
+            "ipv6"
+        } else {
+            "any"
+        }
+        .into(),
+        capture_body_bytes: None,
+        warning_ms: args.warning_ms,
+        critical_ms: args.critical_ms,
+    };
+    HttpMonitor::new(spec).map_err(|err| err.to_string())
+}
+
+/// The human report: where we went, each phase, the verdict.
+pub fn render(monitor: &HttpMonitor, report: &ProbeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {}", monitor.method(), monitor.url());
+    for (name, value) in monitor.redacted_headers() {
+        let _ = writeln!(out, "  > {name}: {value}");
+    }
+    let mut conn = Vec::new();
+    if let Some(ip) = report.remote_ip {
+        conn.push(format!("connected to {ip}"));
+    }
+    if let Some(v) = &report.http_version {
+        conn.push(v.clone());
+    }
+    if let Some(v) = &report.tls_version {
+        conn.push(v.clone());
+    }
+    if !conn.is_empty() {
+        let _ = writeln!(out, "  {}", conn.join(", "));
+    }
+    if let Some(expires) = report.tls_cert_expires_at {
+        let days = (expires - Utc::now()).num_days();
+        let when = if days >= 0 {
+            format!("in {days} days")
+        } else {
+            format!("{} days ago", -days)
+        };
+        let _ = writeln!(
+            out,
+            "  certificate expires {} ({when})",
+            expires.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    out.push('\n');
+    let phases = [
+        ("DNS lookup", report.dns_ms),
+        ("TCP connect", report.connect_ms),
+        ("TLS handshake", report.tls_ms),
+        ("Server processing", report.ttfb_ms),
+        ("Content transfer", report.transfer_ms),
+    ];
+    for (name, ms) in phases {
+        let value = match ms {
+            Some(ms) => format!("{ms:>10.3} ms"),
+            None => format!("{:>10}", "-"),
+        };
+        let _ = writeln!(out, "  {name:<18}{value}");
+    }
+    let _ = writeln!(out, "  {:-<31}", "");
+    let _ = writeln!(out, "  {:<18}{:>10.3} ms", "Total", report.total_ms);
+    out.push('\n');
+
+    let mut verdict = format!("  {}", report.status.as_str().to_uppercase());
+    if let Some(code) = report.http_status {
+        let _ = write!(verdict, "  HTTP {code}");
+    }
+    if let Some(size) = report.response_size_bytes {
+        let _ = write!(verdict, "  {size} bytes");
+    }
+    if report.redirect_count > 0 {
+        let _ = write!(verdict, "  {} redirects", report.redirect_count);
+    }
+    let _ = writeln!(out, "{verdict}");
+    if let (Some(kind), Some(message)) = (report.error_kind, &report.error_message) {
+        let _ = writeln!(out, "  {kind}: {message}");
+    }
+    out
 }

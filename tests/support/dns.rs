@@ -1,1 +1,158 @@
-//! Test support (placeholder: owned by the probe work).
+//! A real UDP DNS responder on 127.0.0.1 (random port), hand-rolled so the wire
+//! format under test is exactly what we send: A answers for configured names
+//! (optionally after a delay), an empty NOERROR for AAAA, NXDOMAIN for unknown names,
+//! and silence for names configured never to answer. It counts queries, so tests can
+//! prove every probe performs a real lookup.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+enum Answer {
+    A(Vec<Ipv4Addr>, Duration),
+    Never,
+}
+
+#[derive(Default)]
+pub struct DnsBuilder {
+    names: HashMap<String, Answer>,
+}
+
+impl DnsBuilder {
+    /// `name` answers with `addrs` (A records).
+    pub fn a(mut self, name: &str, addrs: &[Ipv4Addr]) -> Self {
+        self.names
+            .insert(key(name), Answer::A(addrs.to_vec(), Duration::ZERO));
+        self
+    }
+
+    /// `name` answers with `addrs`, but only after `delay`.
+    pub fn slow_a(mut self, name: &str, addrs: &[Ipv4Addr], delay: Duration) -> Self {
+        self.names
+            .insert(key(name), Answer::A(addrs.to_vec(), delay));
+        self
+    }
+
+    /// Queries for `name` are never answered.
+    pub fn never(mut self, name: &str) -> Self {
+        self.names.insert(key(name), Answer::Never);
+        self
+    }
+
+    pub async fn start(self) -> DnsServer {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let names = Arc::new(self.names);
+        let counter = queries.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let query = buf[..n].to_vec();
+                let socket = socket.clone();
+                let names = names.clone();
+                tokio::spawn(async move {
+                    if let Some((reply, delay)) = respond(&query, &names) {
+                        tokio::time::sleep(delay).await;
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                });
+            }
+        });
+        DnsServer {
+            addr,
+            queries,
+            task,
+        }
+    }
+}
+
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    queries: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DnsServer {
+    pub fn builder() -> DnsBuilder {
+        DnsBuilder::default()
+    }
+
+    /// How many queries arrived so far.
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Builds the reply to `query`, or `None` to stay silent.
+fn respond(query: &[u8], names: &HashMap<String, Answer>) -> Option<(Vec<u8>, Duration)> {
+    if query.len() < 12 {
+        return None;
+    }
+    // Question: labels, then QTYPE and QCLASS.
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *query.get(pos)? as usize;
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(pos..pos + len)?).to_ascii_lowercase());
+        pos += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(pos)?, *query.get(pos + 1)?]);
+    let question_end = pos + 4;
+    if query.len() < question_end {
+        return None;
+    }
+    let name = labels.join(".");
+
+    let (rcode, addrs, delay) = match names.get(&name) {
+        Some(Answer::Never) => return None,
+        Some(Answer::A(addrs, delay)) if qtype == 1 => (0u8, addrs.clone(), *delay),
+        // Known name, other type (AAAA): NOERROR without answers.
+        Some(Answer::A(_, delay)) => (0, Vec::new(), *delay),
+        None => (3, Vec::new(), Duration::ZERO),
+    };
+
+    let mut reply = Vec::with_capacity(question_end + addrs.len() * 16);
+    reply.extend_from_slice(&query[0..2]); // id
+    let rd = query[2] & 0x01;
+    reply.push(0x80 | 0x04 | rd); // QR, AA, RD copied
+    reply.push(0x80 | rcode); // RA, RCODE
+    reply.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
+    reply.extend_from_slice(&(addrs.len() as u16).to_be_bytes()); // ANCOUNT
+    reply.extend_from_slice(&0u16.to_be_bytes()); // NSCOUNT
+    reply.extend_from_slice(&0u16.to_be_bytes()); // ARCOUNT
+    reply.extend_from_slice(&query[12..question_end]);
+    for addr in addrs {
+        reply.extend_from_slice(&[0xC0, 0x0C]); // pointer to the question name
+        reply.extend_from_slice(&1u16.to_be_bytes()); // TYPE A
+        reply.extend_from_slice(&1u16.to_be_bytes()); // CLASS IN
+        reply.extend_from_slice(&30u32.to_be_bytes()); // TTL
+        reply.extend_from_slice(&4u16.to_be_bytes());
+        reply.extend_from_slice(&addr.octets());
+    }
+    Some((reply, delay))
+}
