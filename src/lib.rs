@@ -4,9 +4,11 @@
 //! [`heartbeat`] -> [`storage`] writer -> Postgres, with leadership deciding whether
 //! this instance's scheduler runs at all.
 
+pub mod agent;
 pub mod check;
 pub mod embedded_postgres;
 pub mod heartbeat;
+pub mod leadership;
 pub mod probe;
 pub mod schedule;
 pub mod storage;

@@ -31,6 +31,10 @@ struct Cli {
 enum Command {
     /// Probe one URL once over a fresh connection and print every phase.
     Check(vantage::check::CheckArgs),
+    /// Run one instance of a datacenter: elect a leader, probe the datacenter's monitors.
+    Run(vantage::runner::RunArgs),
+    /// The whole system on this machine: private Postgres, 2 datacenters x 2 instances.
+    Up(vantage::up::UpArgs),
     /// Create the database if needed and apply pending migrations (DATABASE_URL).
     Migrate(DatabaseArgs),
     /// Load the example datacenters, schedules and monitors (idempotent; DATABASE_URL).
@@ -51,6 +55,15 @@ async fn main() -> ExitCode {
         Command::Check(args) => {
             telemetry::init(cli.log_format, "warn");
             vantage::check::execute(args).await
+        }
+        Command::Run(args) => {
+            telemetry::init(cli.log_format, "info");
+            vantage::runner::execute(args).await
+        }
+        Command::Up(args) => {
+            // The live summary owns the terminal; only problems are logged.
+            telemetry::init(cli.log_format, "warn");
+            vantage::up::execute(args).await
         }
         Command::Migrate(args) => {
             telemetry::init(cli.log_format, "info");

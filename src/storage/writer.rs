@@ -45,7 +45,9 @@ pub struct WriterConfig {
     pub batch_delay: Duration,
     /// Heartbeats kept in memory while Postgres is away before spooling to disk.
     pub memory_rows: usize,
-    /// An insert taking longer than this counts as failed (and is retried).
+    /// An insert taking longer than this counts as failed (and is retried). It also bounds
+    /// how long a connection silently cut by a network partition (no RST, no keepalive on
+    /// the client side) can hold the writer up once the network heals.
     pub insert_timeout: Duration,
     /// The longest wait between retries while Postgres is away.
     pub max_retry_delay: Duration,
@@ -63,7 +65,7 @@ impl Default for WriterConfig {
             batch_rows: 1000,
             batch_delay: Duration::from_millis(250),
             memory_rows: 100_000,
-            insert_timeout: Duration::from_secs(30),
+            insert_timeout: Duration::from_secs(10),
             max_retry_delay: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
         }
