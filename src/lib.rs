@@ -5,14 +5,19 @@
 //! this instance's scheduler runs at all.
 
 pub mod agent;
+pub mod api;
 pub mod check;
 pub mod embedded_postgres;
 pub mod heartbeat;
+pub mod housekeeping;
 pub mod leadership;
+pub mod monitors;
 pub mod probe;
+pub mod runner;
 pub mod schedule;
 pub mod storage;
 pub mod telemetry;
+pub mod up;
 
 pub use heartbeat::Heartbeat;
 pub use probe::{ErrorKind, ProbeReport, ProbeStatus};

@@ -1,0 +1,240 @@
+//! Monitor configuration for one datacenter: reads the enabled monitors assigned to it
+//! (with their schedules) from Postgres, turns each row into a [`RunnableMonitor`] the
+//! scheduler and the probe can use, and keeps that set current — on every `vantage_config`
+//! notification and, because notifications sent while the listener was disconnected are
+//! lost, on a periodic full reload as well.
+//!
+//! A row it cannot use (bad URL, invalid cron, ...) is logged once per id and reason and
+//! skipped; all other monitors keep running. Read-only on the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::{HttpMonitor, HttpMonitorSpec};
+use crate::schedule::Cadence;
+
+/// Channel on which the schema's triggers announce configuration changes.
+pub const CONFIG_CHANNEL: &str = "vantage_config";
+
+/// How long a burst of change notifications must be quiet before reloading.
+const NOTIFY_SETTLE: Duration = Duration::from_millis(100);
+
+/// One monitor, validated and ready to schedule.
+#[derive(Debug)]
+pub struct RunnableMonitor {
+    pub id: i32,
+    pub name: String,
+    pub cadence: Cadence,
+    pub http: HttpMonitor,
+}
+
+/// The current set, shared with the scheduler; replaced whole on every reload.
+pub type MonitorSet = Arc<Vec<Arc<RunnableMonitor>>>;
+
+#[derive(Debug, sqlx::FromRow)]
+struct MonitorRow {
+    id: i32,
+    name: String,
+    method: String,
+    url: String,
+    headers: Value,
+    secret_headers: Vec<String>,
+    body: Option<String>,
+    expected_status_codes: String,
+    body_contains: Option<String>,
+    follow_redirects: bool,
+    max_redirects: i32,
+    verify_tls: bool,
+    ip_family: String,
+    interval_seconds: Option<i32>,
+    cron: Option<String>,
+    timeout_ms: i32,
+    warning_threshold_ms: Option<i32>,
+    critical_threshold_ms: Option<i32>,
+    include_response_body: bool,
+}
+
+/// Bytes of response body kept when a schedule asks for bodies.
+const CAPTURED_BODY_BYTES: usize = 64 * 1024;
+
+impl MonitorRow {
+    fn into_runnable(self) -> Result<RunnableMonitor, String> {
+        let cadence = Cadence::from_parts(self.interval_seconds, self.cron.as_deref())
+            .map_err(|err| err.to_string())?;
+        let headers = match self.headers {
+            Value::Object(map) => map
+                .into_iter()
+                .map(|(name, value)| match value {
+                    Value::String(value) => Ok((name, value)),
+                    other => Err(format!(
+                        "header {name:?} must be a JSON string, found {other}; quote the value"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            other => return Err(format!("headers must be a JSON object, found {other}")),
+        };
+        let spec = HttpMonitorSpec {
+            method: self.method,
+            url: self.url,
+            headers,
+            secret_headers: self.secret_headers,
+            body: self.body,
+            timeout: Duration::from_millis(u64::try_from(self.timeout_ms).unwrap_or(0)),
+            expected_status: self.expected_status_codes,
+            body_contains: self.body_contains,
+            follow_redirects: self.follow_redirects,
+            max_redirects: u32::try_from(self.max_redirects).unwrap_or(0),
+            verify_tls: self.verify_tls,
+            ip_family: self.ip_family,
+            capture_body_bytes: self.include_response_body.then_some(CAPTURED_BODY_BYTES),
+            warning_ms: self.warning_threshold_ms.map(|ms| ms as f64),
+            critical_ms: self.critical_threshold_ms.map(|ms| ms as f64),
+        };
+        let http = HttpMonitor::new(spec).map_err(|err| err.to_string())?;
+        Ok(RunnableMonitor {
+            id: self.id,
+            name: self.name,
+            cadence,
+            http,
+        })
+    }
+}
+
+/// Loads the enabled monitors assigned to `datacenter_id`. Unusable rows come back
+/// separately as `(id, name, reason)`.
+pub async fn load(
+    pool: &PgPool,
+    datacenter_id: i32,
+) -> Result<(Vec<RunnableMonitor>, Vec<(i32, String, String)>), sqlx::Error> {
+    let rows: Vec<MonitorRow> = sqlx::query_as(
+        "SELECT m.id, m.name, m.method, m.url, m.headers, m.secret_headers, m.body, \
+                m.expected_status_codes, m.body_contains, m.follow_redirects, m.max_redirects, \
+                m.verify_tls, m.ip_family, s.interval_seconds, s.cron, s.timeout_ms, \
+                s.warning_threshold_ms, s.critical_threshold_ms, s.include_response_body \
+         FROM api_monitors m \
+         JOIN schedules s ON s.id = m.schedule_id \
+         JOIN monitor_assignments a ON a.monitor_id = m.id \
+         WHERE a.datacenter_id = $1 AND m.enabled \
+         ORDER BY m.id",
+    )
+    .bind(datacenter_id)
+    .fetch_all(pool)
+    .await?;
+    let mut runnable = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
+    for row in rows {
+        let (id, name) = (row.id, row.name.clone());
+        match row.into_runnable() {
+            Ok(monitor) => runnable.push(monitor),
+            Err(reason) => rejected.push((id, name, reason)),
+        }
+    }
+    Ok((runnable, rejected))
+}
+
+/// Keeps a [`MonitorSet`] current until `shutdown`. The first load happens before this
+/// returns, so the caller starts with the real set (or an error it can report).
+pub async fn watch_monitors(
+    pool: PgPool,
+    listen_options: PgConnectOptions,
+    datacenter_id: i32,
+    full_reload_every: Duration,
+    shutdown: CancellationToken,
+) -> Result<watch::Receiver<MonitorSet>, sqlx::Error> {
+    let mut reporter = RejectionReporter::default();
+    let (monitors, rejected) = load(&pool, datacenter_id).await?;
+    reporter.report(&rejected);
+    tracing::info!(monitors = monitors.len(), "monitor configuration loaded");
+    let (publish, subscribe) = watch::channel(into_set(monitors));
+
+    tokio::spawn(async move {
+        let mut listener = None;
+        let mut tick = tokio::time::interval(full_reload_every);
+        tick.reset();
+        loop {
+            if listener.is_none() {
+                listener = listen(&listen_options).await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                notified = recv(&mut listener) => {
+                    if notified {
+                        // Several statements in a row (a script editing monitors) arrive
+                        // as a burst: reload once, after it settles.
+                        while tokio::time::timeout(NOTIFY_SETTLE, recv(&mut listener)).await == Ok(true) {}
+                    } else {
+                        // Whatever changed while disconnected is unknown: reload anyway.
+                        listener = None;
+                    }
+                }
+            }
+            match load(&pool, datacenter_id).await {
+                Ok((monitors, rejected)) => {
+                    reporter.report(&rejected);
+                    let count = monitors.len();
+                    publish.send_replace(into_set(monitors));
+                    tracing::debug!(monitors = count, "monitor configuration reloaded");
+                }
+                // Keep probing the last known configuration through a database outage.
+                Err(err) => tracing::warn!(error = %err, "monitor configuration reload failed"),
+            }
+        }
+    });
+    Ok(subscribe)
+}
+
+fn into_set(monitors: Vec<RunnableMonitor>) -> MonitorSet {
+    Arc::new(monitors.into_iter().map(Arc::new).collect())
+}
+
+async fn listen(options: &PgConnectOptions) -> Option<PgListener> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await.ok()?;
+    listener.listen(CONFIG_CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// Waits for a notification; `false` when the listener is gone or broke.
+async fn recv(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs each unusable row once per distinct reason, not on every reload.
+#[derive(Default)]
+struct RejectionReporter {
+    reported: HashMap<i32, String>,
+}
+
+impl RejectionReporter {
+    fn report(&mut self, rejected: &[(i32, String, String)]) {
+        let current: HashMap<i32, String> = rejected
+            .iter()
+            .map(|(id, _, reason)| (*id, reason.clone()))
+            .collect();
+        for (id, name, reason) in rejected {
+            if self.reported.get(id) != Some(reason) {
+                tracing::error!(
+                    monitor_id = id,
+                    monitor = %name,
+                    reason = %reason,
+                    "skipping monitor: its configuration cannot be used; fix the row to run it"
+                );
+            }
+        }
+        self.reported = current;
+    }
+}

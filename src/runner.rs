@@ -1,0 +1,384 @@
+//! `vantage run`: one instance of one datacenter.
+//!
+//! Wires the parts together and owns their lifecycles; it holds no logic of its own
+//! beyond ordering. Start: wait for the database, bring the schema up to date, resolve
+//! the datacenter, register the instance, start the heartbeat writer (which replays any
+//! spool left by an earlier process), the elector, the monitor-config watcher, the
+//! housekeeping and the HTTP endpoints. While this instance leads, a scheduler fires the
+//! datacenter's monitors and hands every report to the writer.
+//!
+//! Shutdown (SIGTERM/SIGINT), in the order that loses nothing and leaves no slot
+//! unprobed: stop scheduling, resign (unlock + notify, so a standby bids at once), let
+//! in-flight probes finish within a bound, flush the writer (or spool what cannot be
+//! written), mark the instance stopped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, AgentIdentity};
+use crate::api::{self, InstanceView};
+use crate::heartbeat::Heartbeat;
+use crate::housekeeping;
+use crate::leadership::{ElectionConfig, Elector, Leadership};
+use crate::monitors::{self, MonitorSet, RunnableMonitor};
+use crate::probe::Prober;
+use crate::schedule::{Fire, ScheduleEntry, Scheduler};
+use crate::storage::{self, HeartbeatSender, HeartbeatWriter, WriterConfig};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Code of the datacenter this instance serves (a row in `datacenters`), e.g. `va`.
+    #[arg(long, env = "VANTAGE_DATACENTER")]
+    pub datacenter: String,
+    /// PostgreSQL URL. Must reach Postgres directly (not PgBouncer in transaction mode):
+    /// the leadership lock and LISTEN need a real session.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of this instance in `agents`; default `<hostname>-<pid>`.
+    #[arg(long, env = "VANTAGE_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+    /// Address of the HTTP endpoints (/healthz, /readyz, /status).
+    #[arg(long, env = "VANTAGE_LISTEN", default_value = "0.0.0.0:9790")]
+    pub listen: SocketAddr,
+    /// Most probes in flight at once.
+    #[arg(long, env = "VANTAGE_MAX_CONCURRENT_PROBES", default_value_t = 1024)]
+    pub max_concurrent_probes: usize,
+    /// How long a leader that lost the database keeps probing (and spooling) while it
+    /// reconnects. 0 = stop at once.
+    #[arg(long, env = "VANTAGE_DB_OUTAGE_GRACE", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub db_outage_grace: Duration,
+    /// Where heartbeats are spooled while the database is unreachable.
+    #[arg(long, env = "VANTAGE_SPOOL_DIR", default_value = ".vantage/spool")]
+    pub spool_dir: PathBuf,
+    /// Days of heartbeats kept; older daily partitions are dropped by the leader.
+    #[arg(long, env = "VANTAGE_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+    /// Full configuration reload interval (a safety net behind LISTEN/NOTIFY).
+    #[arg(long, env = "VANTAGE_CONFIG_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub config_reload_interval: Duration,
+    /// How long shutdown waits for in-flight probes.
+    #[arg(long, env = "VANTAGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Apply pending migrations at start (safe with many instances starting at once).
+    /// With `false`, an outdated schema is an error telling you to run `vantage migrate`.
+    #[arg(long, env = "VANTAGE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_migrate: bool,
+}
+
+/// A new leader still probes a slot that passed at most this long ago (see
+/// `Scheduler::with_catch_up`): it covers the time a hand-over takes, so a graceful
+/// hand-over misses no slot.
+const HANDOVER_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// How often start-up says it is still waiting for the database.
+const DATABASE_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
+    let connect_options = PgConnectOptions::from_str(&args.database_url).map_err(|err| {
+        anyhow::anyhow!(
+            "DATABASE_URL is not a valid PostgreSQL URL ({}); expected postgres://user:password@host:port/database",
+            storage::redact_error(&err)
+        )
+    })?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let Some(pool) = wait_for_database(&connect_options, &shutdown).await else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    prepare_schema(&pool, args.auto_migrate).await?;
+    let datacenter_id = resolve_datacenter(&pool, &args.datacenter).await?;
+    let identity = AgentIdentity::of_this_process(datacenter_id, args.instance_name.clone());
+    let agent_id = agent::register(&pool, &identity)
+        .await
+        .context("registering this instance in agents")?;
+    tracing::info!(
+        datacenter = %args.datacenter,
+        instance = %identity.instance_name,
+        agent_id,
+        "instance registered"
+    );
+
+    let (heartbeats, writer) = HeartbeatWriter::spawn(
+        pool.clone(),
+        WriterConfig {
+            spool_dir: args.spool_dir.clone(),
+            ..WriterConfig::default()
+        },
+    )
+    .await
+    .context("starting the heartbeat writer")?;
+
+    let mut election = ElectionConfig::new(connect_options.clone(), datacenter_id, agent_id);
+    election.outage_grace = args.db_outage_grace;
+    let elector = Elector::start(election, shutdown.clone());
+
+    let monitor_set = monitors::watch_monitors(
+        pool.clone(),
+        connect_options.clone(),
+        datacenter_id,
+        args.config_reload_interval,
+        shutdown.clone(),
+    )
+    .await
+    .context("loading monitor configuration")?;
+
+    let liveness = agent::spawn_liveness(
+        pool.clone(),
+        agent_id,
+        elector.subscribe(),
+        shutdown.clone(),
+    );
+    let housekeeping = housekeeping::spawn(
+        pool.clone(),
+        elector.subscribe(),
+        args.retention_days,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let monitors_scheduled = Arc::new(AtomicUsize::new(0));
+    let view = InstanceView {
+        datacenter: args.datacenter.clone(),
+        instance_name: identity.instance_name.clone(),
+        agent_id,
+        leadership: elector.subscribe(),
+        monitors_scheduled: monitors_scheduled.clone(),
+        writer: writer.stats(),
+        pool: pool.clone(),
+    };
+    let endpoints = api::serve(args.listen, view, shutdown.clone())
+        .await
+        .with_context(|| format!("binding VANTAGE_LISTEN={}", args.listen))?;
+    tracing::info!(listen = %args.listen, "endpoints listening");
+
+    let probing = Probing {
+        prober: Prober::from_env().context("setting up the prober")?,
+        heartbeats,
+        datacenter_id,
+        agent_id,
+        leadership: elector.subscribe(),
+    };
+    let in_flight = lead_while_elected(
+        probing,
+        elector.subscribe(),
+        monitor_set,
+        monitors_scheduled,
+        args.max_concurrent_probes,
+        &shutdown,
+    )
+    .await;
+
+    // Shutdown, in order. The scheduler has stopped dispatching; the elector resigns as
+    // soon as it sees the cancelled token.
+    elector.stopped().await;
+    in_flight.close();
+    if tokio::time::timeout(args.shutdown_timeout, in_flight.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            still_running = in_flight.len(),
+            "in-flight probes did not finish within VANTAGE_SHUTDOWN_TIMEOUT; their results are lost"
+        );
+    }
+    let flushed = writer.shutdown().await;
+    tracing::info!(?flushed, "heartbeat writer stopped");
+    let _ = tokio::join!(liveness, housekeeping, endpoints);
+    pool.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What a fired slot needs to become a heartbeat.
+struct Probing {
+    prober: Prober,
+    heartbeats: HeartbeatSender,
+    datacenter_id: i32,
+    agent_id: i64,
+    leadership: watch::Receiver<Leadership>,
+}
+
+impl Probing {
+    async fn probe(&self, fire: Fire<RunnableMonitor>) {
+        // The term under which this probe was dispatched: it may change mid-probe when a
+        // leader re-takes its lock after an outage, and the heartbeat belongs to the old one.
+        let leader_term = self.leadership.borrow().term();
+        let report = self.prober.probe(&fire.payload.http).await;
+        self.heartbeats.send(Heartbeat {
+            monitor_id: fire.monitor_id,
+            datacenter_id: self.datacenter_id,
+            scheduled_at: fire.slot,
+            executed_at: fire.started_at,
+            agent_id: Some(self.agent_id),
+            leader_term,
+            schedule_lag_ms: fire.lag.as_secs_f64() * 1000.0,
+            report,
+        });
+    }
+}
+
+/// Runs a scheduler whenever this instance leads and stops it the moment it does not.
+/// Returns the tracker of in-flight probes once `shutdown` is cancelled.
+async fn lead_while_elected(
+    probing: Probing,
+    mut leadership: watch::Receiver<Leadership>,
+    mut monitor_set: watch::Receiver<MonitorSet>,
+    monitors_scheduled: Arc<AtomicUsize>,
+    max_concurrent: usize,
+    shutdown: &CancellationToken,
+) -> tokio_util::task::TaskTracker {
+    let probing = Arc::new(probing);
+    let in_flight = tokio_util::task::TaskTracker::new();
+    loop {
+        // Standby: wait to be elected.
+        tokio::select! {
+            _ = shutdown.cancelled() => return in_flight,
+            _ = leadership.wait_for(|l| l.is_leader()) => {}
+        }
+        let term = leadership.borrow().term();
+        tracing::info!(?term, "leading: scheduling monitors");
+        let stop = shutdown.child_token();
+        let scheduler = {
+            let probing = probing.clone();
+            Scheduler::new(max_concurrent, in_flight.clone(), move |fire| {
+                let probing = probing.clone();
+                async move { probing.probe(fire).await }
+            })
+            .with_catch_up(HANDOVER_CATCH_UP)
+        };
+        let entries = entries_of(&monitor_set.borrow_and_update());
+        monitors_scheduled.store(entries.len(), Ordering::Relaxed);
+        let handle = scheduler.handle();
+        handle.replace_all(entries);
+        let run = tokio::spawn(scheduler.run(stop.clone()));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = leadership.changed() => {
+                    if changed.is_err() || !leadership.borrow().is_leader() {
+                        break;
+                    }
+                }
+                changed = monitor_set.changed() => {
+                    if changed.is_ok() {
+                        let entries = entries_of(&monitor_set.borrow_and_update());
+                        monitors_scheduled.store(entries.len(), Ordering::Relaxed);
+                        handle.replace_all(entries);
+                    }
+                }
+            }
+        }
+        // Self-fence: no new probe starts after this line.
+        stop.cancel();
+        let _ = run.await;
+        monitors_scheduled.store(0, Ordering::Relaxed);
+        tracing::info!("not leading: scheduling stopped");
+    }
+}
+
+fn entries_of(set: &MonitorSet) -> Vec<ScheduleEntry<RunnableMonitor>> {
+    set.iter()
+        .map(|monitor| ScheduleEntry {
+            monitor_id: monitor.id,
+            cadence: monitor.cadence.clone(),
+            payload: monitor.clone(),
+        })
+        .collect()
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+}
+
+/// A database that is down at start is waited for, not fatal: containers start in any
+/// order. Returns `None` if shutdown was requested while waiting.
+async fn wait_for_database(
+    options: &PgConnectOptions,
+    shutdown: &CancellationToken,
+) -> Option<PgPool> {
+    let started = tokio::time::Instant::now();
+    let mut last_log = None::<tokio::time::Instant>;
+    loop {
+        match storage::connect_with(options.clone()).await {
+            Ok(pool) => return Some(pool),
+            Err(err) => {
+                if last_log.is_none_or(|at| at.elapsed() >= DATABASE_WAIT_LOG_EVERY) {
+                    tracing::warn!(
+                        database = %storage::describe_target(options),
+                        error = %storage::redact_error(&err),
+                        waited_s = started.elapsed().as_secs(),
+                        "database unreachable; waiting for it (check DATABASE_URL and that Postgres is up)"
+                    );
+                    last_log = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn prepare_schema(pool: &PgPool, auto_migrate: bool) -> anyhow::Result<()> {
+    if auto_migrate {
+        storage::migrate(pool)
+            .await
+            .context("applying database migrations")?;
+        return Ok(());
+    }
+    let pending = storage::pending_migrations(pool)
+        .await
+        .context("checking the database schema")?;
+    if pending > 0 {
+        bail!(
+            "the database schema is {pending} migration(s) behind this version of vantage; \
+             run `vantage migrate` (or set VANTAGE_AUTO_MIGRATE=true)"
+        );
+    }
+    Ok(())
+}
+
+async fn resolve_datacenter(pool: &PgPool, code: &str) -> anyhow::Result<i32> {
+    let id: Option<i32> = sqlx::query_scalar("SELECT id FROM datacenters WHERE code = $1")
+        .bind(code)
+        .fetch_optional(pool)
+        .await
+        .context("looking up the datacenter")?;
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    let known: Vec<String> = sqlx::query_scalar("SELECT code FROM datacenters ORDER BY code")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    if known.is_empty() {
+        bail!(
+            "unknown datacenter {code:?}: the datacenters table is empty; insert it \
+             (INSERT INTO datacenters (code, name) VALUES ('{code}', '...')) or load the \
+             examples with `vantage seed-example`"
+        );
+    }
+    bail!(
+        "unknown datacenter {code:?}; known codes: {} (set VANTAGE_DATACENTER to one of them or insert a row into datacenters)",
+        known.join(", ")
+    )
+}
