@@ -1,0 +1,138 @@
+//! Failover timings (issue #4, benchmark b). Printed, not asserted (the leadership tests
+//! assert the bounds); ignored by a plain `cargo test`. Run:
+//!
+//!     cargo test --release --test failover_bench -- --ignored --nocapture --test-threads=1
+//!
+//! Each round: a fresh database, a 1 s monitor against a local target, two `vantage run`
+//! processes of one datacenter. The figure is the time from the fault to the moment the
+//! new leader's first probe started (`executed_at` of its first heartbeat).
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use support::cluster::{
+    agent_id_of, current_leader, eventually, heartbeats, seed_datacenters, seed_monitor,
+    serve_target, Instance, InstanceOptions,
+};
+use support::pg::TestDb;
+use support::proxy::PartitionProxy;
+
+const ROUNDS: usize = 5;
+
+async fn first_probe_by(db: &TestDb, monitor: i32, agent: i64) -> DateTime<Utc> {
+    eventually(
+        "the new leader's first heartbeat",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar(
+            "SELECT min(executed_at) FROM api_heartbeats WHERE monitor_id = $1 AND agent_id = $2",
+        )
+        .bind(monitor)
+        .bind(agent)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        },
+    )
+    .await
+}
+
+fn report(what: &str, mut millis: Vec<i64>) {
+    millis.sort();
+    println!(
+        "{what}: median {} ms, min {} ms, max {} ms over {} rounds: {millis:?}",
+        millis[millis.len() / 2],
+        millis[0],
+        millis[millis.len() - 1],
+        millis.len()
+    );
+}
+
+fn instance(url: &str, name: &str, extra_env: Vec<(&str, String)>) -> Instance {
+    Instance::start(InstanceOptions {
+        database_url: url,
+        datacenter: "va",
+        name,
+        extra_env,
+    })
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn failover_after_sigkill_of_the_leader() {
+    let target = serve_target().await;
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let db = TestDb::fresh().await;
+        let dc = seed_datacenters(&db.pool, &["va"]).await[0];
+        let monitor = seed_monitor(&db.pool, "m", &format!("http://{target}/ok"), 1).await;
+        let a = instance(&db.url, "va-a", vec![]);
+        let b = instance(&db.url, "va-b", vec![]);
+        let (leader_agent, _) = eventually("a leader probing", Duration::from_secs(30), || async {
+            let leader = current_leader(&db.pool, dc).await?;
+            (heartbeats(&db.pool, monitor).await.len() >= 2).then_some(leader)
+        })
+        .await;
+        let (mut leader, standby) = if agent_id_of(&db.pool, "va-a").await == leader_agent {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let standby_agent = agent_id_of(&db.pool, &standby.name).await;
+        let killed_at = Utc::now();
+        leader.signal(libc::SIGKILL);
+        leader.wait_exit(Duration::from_secs(5)).await;
+        let first = first_probe_by(&db, monitor, standby_agent).await;
+        rounds.push((first - killed_at).num_milliseconds());
+    }
+    report(
+        "SIGKILL of the leader -> first probe of the new leader",
+        rounds,
+    );
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn failover_after_the_leader_is_cut_off_from_postgres() {
+    let target = serve_target().await;
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let db = TestDb::fresh().await;
+        seed_datacenters(&db.pool, &["va"]).await;
+        let monitor = seed_monitor(&db.pool, "m", &format!("http://{target}/ok"), 1).await;
+        // The server notices the dead client after ~9 s (tcp_user_timeout=9000 on the lock
+        // connection); the proxy closes the server side after that long.
+        let proxy = PartitionProxy::start(db.socket_addr(), Duration::from_secs(9)).await;
+        let mut leader = instance(&db.url_via(proxy.addr), "va-a", vec![]);
+        leader
+            .wait_for_log(&["acquired leadership"], Duration::from_secs(30))
+            .await;
+        let standby = instance(&db.url, "va-b", vec![]);
+        let standby_agent = eventually(
+            "the standby registered",
+            Duration::from_secs(20),
+            || async {
+                sqlx::query_scalar::<_, i64>("SELECT id FROM agents WHERE instance_name = 'va-b'")
+                    .fetch_optional(&db.pool)
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        eventually("the leader probing", Duration::from_secs(20), || async {
+            (heartbeats(&db.pool, monitor).await.len() >= 2).then_some(())
+        })
+        .await;
+        let cut_at = Utc::now();
+        proxy.cut();
+        let first = first_probe_by(&db, monitor, standby_agent).await;
+        rounds.push((first - cut_at).num_milliseconds());
+        drop((leader, standby));
+    }
+    report(
+        "leader cut off from Postgres -> first probe of the new leader",
+        rounds,
+    );
+}
