@@ -602,7 +602,10 @@ mod tests {
         assert_eq!(fires.len(), 1, "{fires:?}");
         let (slot, lag) = fires[0];
         assert!(slot <= started, "the slot before the start was fired");
-        assert!(lag >= (started - slot).to_std().unwrap(), "its lag is honest");
+        assert!(
+            lag >= (started - slot).to_std().unwrap(),
+            "its lag is honest"
+        );
     }
 
     #[tokio::test]
