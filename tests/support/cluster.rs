@@ -30,9 +30,21 @@ pub struct InstanceOptions<'a> {
 
 impl Instance {
     pub fn start(options: InstanceOptions<'_>) -> Self {
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_vantage")), options)
+    }
+
+    /// Like [`Instance::start`], but inside the network namespace `netns` (through
+    /// `ip netns exec`, which execs the binary: the child is `vantage` itself). Its
+    /// `listen` address is on the namespace's own loopback.
+    pub fn start_in_netns(netns: &str, options: InstanceOptions<'_>) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vantage")]);
+        Self::spawn(command, options)
+    }
+
+    fn spawn(mut command: Command, options: InstanceOptions<'_>) -> Self {
         let listen = free_port();
         let spool = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vantage"));
         command
             .arg("run")
             .env_remove("RUST_LOG")
@@ -274,6 +286,11 @@ pub fn missed_slots(beats: &[Beat], interval: Duration) -> Vec<(DateTime<Utc>, D
 
 /// A target for the probes: `/ok` answers 200, `/fail` answers 500.
 pub async fn serve_target() -> SocketAddr {
+    serve_target_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`serve_target`] on another local address (e.g. the host side of a veth pair).
+pub async fn serve_target_on(ip: std::net::IpAddr) -> SocketAddr {
     use axum::http::StatusCode;
     use axum::routing::get;
     let app = axum::Router::new()
@@ -282,7 +299,7 @@ pub async fn serve_target() -> SocketAddr {
             "/fail",
             get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "fail") }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
