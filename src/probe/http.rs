@@ -18,7 +18,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -782,12 +784,30 @@ fn build_request(hop: &Hop) -> Result<Request<Full<Bytes>>, Failure> {
     Ok(request)
 }
 
-/// Aborts the spawned connection driver when the hop ends or the probe is cut short.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Polls `fut` while also driving the connection `conn` in this same task, so that no
+/// cross-task wake-up sits between the bytes arriving and the clock being read (and
+/// nothing is left running when the probe is cut short: dropping stops everything).
+async fn driving<F, C>(
+    fut: F,
+    conn: &mut Pin<&mut C>,
+    conn_done: &mut bool,
+) -> Result<F::Output, hyper::Error>
+where
+    F: Future,
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Ok(out),
+            // Once the connection ends, `fut` resolves too (with an error or the end of
+            // the body); the deadline bounds it either way.
+            res = conn.as_mut(), if !*conn_done => {
+                *conn_done = true;
+                res?;
+            }
+        }
     }
 }
 
@@ -804,25 +824,18 @@ where
 {
     run.phase = Phase::Head;
     let io = TokioIo::new(io);
-    let protocol_error = |what: &str, err: hyper::Error| {
-        Failure::new(
-            ErrorKind::HttpProtocol,
-            format!("{what}: {}", describe_hyper(&err)),
-        )
-    };
-    let (response, _driver) = if h2 {
+    if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
-        let driver = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
+        let mut conn = std::pin::pin!(conn);
         run.timings.hop().ready = Some(std::time::Instant::now());
-        let response = sender
-            .send_request(request)
+        let mut done = false;
+        let response = driving(sender.send_request(request), &mut conn, &mut done)
             .await
+            .and_then(|r| r)
             .map_err(|e| protocol_error("no response", e))?;
-        (response, driver)
+        read_response(response, monitor, run, keep_body, &mut conn, &mut done).await
     } else {
         // HTTP/1.1 wants origin-form and a Host header.
         let url_host = host_header(request.uri());
@@ -840,16 +853,36 @@ where
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| protocol_error("HTTP/1.1 handshake failed", e))?;
-        let driver = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
+        let mut conn = std::pin::pin!(conn);
         run.timings.hop().ready = Some(std::time::Instant::now());
-        let response = sender
-            .send_request(request)
+        let mut done = false;
+        let response = driving(sender.send_request(request), &mut conn, &mut done)
             .await
+            .and_then(|r| r)
             .map_err(|e| protocol_error("no response", e))?;
-        (response, driver)
-    };
+        read_response(response, monitor, run, keep_body, &mut conn, &mut done).await
+    }
+}
+
+fn protocol_error(what: &str, err: hyper::Error) -> Failure {
+    Failure::new(
+        ErrorKind::HttpProtocol,
+        format!("{what}: {}", describe_hyper(&err)),
+    )
+}
+
+/// Records the head, then reads the body under the cap.
+async fn read_response<C>(
+    response: http::Response<Incoming>,
+    monitor: &HttpMonitor,
+    run: &mut Run,
+    keep_body: bool,
+    conn: &mut Pin<&mut C>,
+    conn_done: &mut bool,
+) -> Result<HopResponse, Failure>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     run.timings.hop().head = Some(std::time::Instant::now());
     run.phase = Phase::Body;
     run.http_status = Some(response.status().as_u16());
@@ -883,7 +916,11 @@ where
     let mut body: Incoming = response.into_body();
     let mut size: u64 = 0;
     let mut kept = keep_body.then(Vec::new);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = driving(body.frame(), conn, conn_done)
+            .await
+            .map_err(|e| protocol_error("reading the response body failed", e))?;
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| protocol_error("reading the response body failed", e))?;
         if let Ok(data) = frame.into_data() {
             size += data.len() as u64;

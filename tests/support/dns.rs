@@ -45,8 +45,14 @@ impl DnsBuilder {
         self
     }
 
+    /// Starts on a random port.
     pub async fn start(self) -> DnsServer {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        self.start_on(0).await
+    }
+
+    /// Starts on 127.0.0.1:`port` (0 for a random one).
+    pub async fn start_on(self, port: u16) -> DnsServer {
+        let socket = Arc::new(UdpSocket::bind(("127.0.0.1", port)).await.unwrap());
         let addr = socket.local_addr().unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
         let names = Arc::new(self.names);
@@ -58,14 +64,18 @@ impl DnsBuilder {
                     continue;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
-                let query = buf[..n].to_vec();
+                let Some((reply, delay)) = respond(&buf[..n], &names) else {
+                    continue;
+                };
+                if delay.is_zero() {
+                    // Answer inline: a timer, even a zero one, would add up to a tick.
+                    let _ = socket.send_to(&reply, peer).await;
+                    continue;
+                }
                 let socket = socket.clone();
-                let names = names.clone();
                 tokio::spawn(async move {
-                    if let Some((reply, delay)) = respond(&query, &names) {
-                        tokio::time::sleep(delay).await;
-                        let _ = socket.send_to(&reply, peer).await;
-                    }
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&reply, peer).await;
                 });
             }
         });
