@@ -371,3 +371,52 @@ async fn agents_register_with_an_upsert() {
     let message = rejection(&db.pool, "UPDATE agents SET role = 'boss'").await;
     assert!(message.contains("agents_role_check"), "{message}");
 }
+
+#[tokio::test]
+async fn vantage_migrate_creates_the_database_and_seed_example_loads_it() {
+    let db = TestDb::empty().await;
+    let mut url: url::Url = db.url.parse().unwrap();
+    url.set_path(&format!("/{}_cli", db.name));
+    let run = |command: &'static str| {
+        let url = url.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_vantage"))
+                .arg(command)
+                .env("DATABASE_URL", url)
+                .env("VANTAGE_LOG_FORMAT", "text")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run("seed-example").await.unwrap();
+    assert!(
+        !out.status.success(),
+        "seeding a database that does not exist fails"
+    );
+
+    for _ in 0..2 {
+        let out = run("migrate").await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run("seed-example").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pool = storage::connect(url.as_str()).await.unwrap();
+    assert_eq!(storage::pending_migrations(&pool).await.unwrap(), 0);
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM datacenters ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        codes,
+        ["va", "ny", "rdn", "chi", "sf", "lon", "dam", "sto", "syd"]
+    );
+}

@@ -279,6 +279,13 @@ async fn partitions_are_kept_ahead_and_dropped_after_retention() {
         .await
         .unwrap()
         .is_empty());
+
+    // The leader's daily run does both.
+    let done = storage::partitions::housekeeping(&db.pool, 0)
+        .await
+        .unwrap();
+    assert!(done.created.is_empty(), "{done:?}");
+    assert_eq!(done.dropped, vec![name(day(-30)), name(day(-29))]);
 }
 
 #[tokio::test]

@@ -14,17 +14,18 @@ ON CONFLICT (code) DO NOTHING;
 INSERT INTO datacenters (code, name, region_id)
 SELECT v.code, v.name, r.id
 FROM (VALUES
-    ('va',  'Virginia',      'us-east'),
-    ('ny',  'New York',      'us-east'),
-    ('rdn', 'Reston',        'us-east'),
-    ('chi', 'Chicago',       'us-central'),
-    ('sf',  'San Francisco', 'us-west'),
-    ('lon', 'London',        'europe'),
-    ('dam', 'Amsterdam',     'europe'),
-    ('sto', 'Stockholm',     'europe'),
-    ('syd', 'Sydney',        'apac')
-) AS v (code, name, region)
+    (1, 'va',  'Virginia',      'us-east'),
+    (2, 'ny',  'New York',      'us-east'),
+    (3, 'rdn', 'Reston',        'us-east'),
+    (4, 'chi', 'Chicago',       'us-central'),
+    (5, 'sf',  'San Francisco', 'us-west'),
+    (6, 'lon', 'London',        'europe'),
+    (7, 'dam', 'Amsterdam',     'europe'),
+    (8, 'sto', 'Stockholm',     'europe'),
+    (9, 'syd', 'Sydney',        'apac')
+) AS v (ord, code, name, region)
 JOIN regions r ON r.code = v.region
+ORDER BY v.ord
 ON CONFLICT (code) DO NOTHING;
 
 INSERT INTO schedules (name, interval_seconds, cron, timeout_ms, warning_threshold_ms, critical_threshold_ms)

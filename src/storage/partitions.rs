@@ -60,3 +60,39 @@ pub async fn list(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
+
+/// How many days of heartbeats are kept when `VANTAGE_RETENTION_DAYS` is not set.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
+/// `VANTAGE_RETENTION_DAYS`, or [`DEFAULT_RETENTION_DAYS`].
+pub fn retention_days_from_env() -> Result<u32, String> {
+    match std::env::var("VANTAGE_RETENTION_DAYS") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+            format!("VANTAGE_RETENTION_DAYS must be a whole number of days (got {v:?})")
+        }),
+        _ => Ok(DEFAULT_RETENTION_DAYS),
+    }
+}
+
+/// What one housekeeping run did.
+#[derive(Debug, Clone, Default)]
+pub struct Housekeeping {
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// The leader's daily housekeeping: partitions for the next
+/// [`super::PARTITION_DAYS_AHEAD`] days, and retention.
+pub async fn housekeeping(pool: &PgPool, retention_days: u32) -> Result<Housekeeping, sqlx::Error> {
+    let created = ensure_ahead(pool, super::PARTITION_DAYS_AHEAD).await?;
+    let dropped = drop_older_than(pool, retention_days).await?;
+    if !created.is_empty() || !dropped.is_empty() {
+        tracing::info!(
+            ?created,
+            ?dropped,
+            retention_days,
+            "heartbeat partitions maintained"
+        );
+    }
+    Ok(Housekeeping { created, dropped })
+}

@@ -14,7 +14,7 @@
 //! (oldest first), then this process's spool file; new heartbeats go to the spool file
 //! as long as it is not drained, so they never overtake older ones.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use chrono::NaiveDate;
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,9 @@ pub struct WriterConfig {
     /// How long [`HeartbeatWriter::shutdown`] tries to store buffered heartbeats
     /// before spooling them.
     pub shutdown_timeout: Duration,
+    /// Batches from memory written concurrently (pipelining hides commit latency and
+    /// uses several server processes). Spool replay is one batch at a time.
+    pub max_inflight: usize,
 }
 
 impl Default for WriterConfig {
@@ -68,6 +71,7 @@ impl Default for WriterConfig {
             insert_timeout: Duration::from_secs(10),
             max_retry_delay: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
+            max_inflight: 4,
         }
     }
 }
@@ -223,7 +227,8 @@ impl HeartbeatWriter {
             own: None,
             pending: Vec::new(),
             pending_since: None,
-            inflight: None,
+            inflight: JoinSet::new(),
+            batches: HashMap::new(),
             retry_at: None,
             backoff: Duration::ZERO,
             spool_error_logged: false,
@@ -276,11 +281,14 @@ enum Source {
     Own(u64),
 }
 
-struct Inflight {
+/// A batch being inserted; its rows stay here so a failed (or panicked) insert loses
+/// nothing.
+struct Batch {
     source: Source,
     rows: Arc<Vec<Heartbeat>>,
-    handle: JoinHandle<Result<Inserted, sqlx::Error>>,
 }
+
+type InsertDone = (Id, Result<Result<Inserted, sqlx::Error>, JoinError>);
 
 #[derive(Default)]
 struct Inserted {
@@ -304,7 +312,8 @@ struct State {
     /// Rows on their way to the own spool file (written per batch).
     pending: Vec<Heartbeat>,
     pending_since: Option<Instant>,
-    inflight: Option<Inflight>,
+    inflight: JoinSet<Result<Inserted, sqlx::Error>>,
+    batches: HashMap<Id, Batch>,
     retry_at: Option<Instant>,
     backoff: Duration,
     spool_error_logged: bool,
@@ -319,14 +328,13 @@ impl State {
         let mut incoming = Vec::with_capacity(self.config.batch_rows);
         let mut channel_open = true;
         loop {
-            self.start_insert(false);
+            self.start_inserts(false);
             let wakeup = self.next_wakeup();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                done = join(&mut self.inflight), if self.inflight.is_some() => {
-                    let inflight = self.inflight.take().expect("in flight");
-                    self.finish_insert(inflight, done);
+                Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
+                    self.finish_insert(split(done));
                 }
                 n = rx.recv_many(&mut incoming, self.config.batch_rows), if channel_open => {
                     // 0: every sender is gone; keep storing what we have until shutdown.
@@ -368,14 +376,12 @@ impl State {
 
     /// Rows in memory, including a batch from memory in flight.
     fn memory_rows(&self) -> usize {
-        let inflight = match &self.inflight {
-            Some(Inflight {
-                source: Source::Memory,
-                rows,
-                ..
-            }) => rows.len(),
-            _ => 0,
-        };
+        let inflight: usize = self
+            .batches
+            .values()
+            .filter(|b| matches!(b.source, Source::Memory))
+            .map(|b| b.rows.len())
+            .sum();
         self.memory.len() + inflight
     }
 
@@ -423,13 +429,33 @@ impl State {
         self.pending_since = Some(Instant::now());
     }
 
-    /// Starts the next insert when none is in flight and one is due.
-    fn start_insert(&mut self, shutting_down: bool) {
-        if self.inflight.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return;
+    /// Starts inserts while some are due and the limits allow.
+    fn start_inserts(&mut self, shutting_down: bool) {
+        while self.start_insert(shutting_down) {}
+    }
+
+    /// Starts the next insert if one is due; true if it did. Spool batches go one at a
+    /// time and alone (their offsets commit in order); memory batches up to
+    /// `max_inflight` at once, or one at a time while Postgres is failing.
+    fn start_insert(&mut self, shutting_down: bool) -> bool {
+        let in_flight = self.batches.len();
+        let spool_in_flight = self
+            .batches
+            .values()
+            .any(|b| !matches!(b.source, Source::Memory));
+        let limit = if self.stats.degraded.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.config.max_inflight.max(1)
+        };
+        if spool_in_flight
+            || in_flight >= limit
+            || self.retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            return false;
         }
         let retrying = self.retry_at.take().is_some();
-        if !shutting_down {
+        if !shutting_down && in_flight == 0 {
             while let Some(file) = self.backlog.front() {
                 if file.is_drained() {
                     let file = self.backlog.pop_front().expect("front");
@@ -441,7 +467,8 @@ impl State {
                         self.backlog.front_mut().expect("front").commit(offset, 0);
                     }
                     Ok((rows, offset, _)) => {
-                        return self.spawn_insert(Source::Backlog(offset), rows)
+                        self.spawn_insert(Source::Backlog(offset), rows);
+                        return true;
                     }
                     Err(err) => {
                         // Leave the file where it is for an operator; go on with the rest.
@@ -467,12 +494,13 @@ impl State {
                 if self.memory.is_empty() {
                     self.memory_since = None;
                 }
-                return self.spawn_insert(Source::Memory, rows);
+                self.spawn_insert(Source::Memory, rows);
+                return true;
             }
-            return;
+            return false;
         }
-        if shutting_down {
-            return;
+        if shutting_down || in_flight > 0 {
+            return false;
         }
         // Memory is empty: catch up with the own spool, pending rows included.
         self.flush_pending(true);
@@ -481,16 +509,21 @@ impl State {
                 let own = self.own.take().expect("own");
                 tracing::info!("heartbeat spool replayed; back to writing from memory");
                 self.remove_spool(own);
-                return;
+                return false;
             }
             match own.read_batch(self.config.batch_rows) {
                 Ok((rows, offset, _)) if rows.is_empty() => {
-                    self.own.as_mut().expect("own").commit(offset, 0)
+                    self.own.as_mut().expect("own").commit(offset, 0);
+                    return true;
                 }
-                Ok((rows, offset, _)) => self.spawn_insert(Source::Own(offset), rows),
+                Ok((rows, offset, _)) => {
+                    self.spawn_insert(Source::Own(offset), rows);
+                    return true;
+                }
                 Err(err) => tracing::error!(error = %err, "cannot read the heartbeat spool"),
             }
         }
+        false
     }
 
     fn spawn_insert(&mut self, source: Source, rows: Vec<Heartbeat>) {
@@ -498,24 +531,17 @@ impl State {
         let pool = self.pool.clone();
         let timeout = self.config.insert_timeout;
         let task_rows = rows.clone();
-        let handle = tokio::spawn(async move {
+        let handle = self.inflight.spawn(async move {
             match tokio::time::timeout(timeout, insert_batch(&pool, &task_rows)).await {
                 Ok(result) => result,
                 Err(_) => Err(sqlx::Error::PoolTimedOut),
             }
         });
-        self.inflight = Some(Inflight {
-            source,
-            rows,
-            handle,
-        });
+        self.batches.insert(handle.id(), Batch { source, rows });
     }
 
-    fn finish_insert(
-        &mut self,
-        inflight: Inflight,
-        done: Result<Result<Inserted, sqlx::Error>, tokio::task::JoinError>,
-    ) {
+    fn finish_insert(&mut self, (id, done): InsertDone) {
+        let inflight = self.batches.remove(&id).expect("a batch per insert task");
         let n = inflight.rows.len() as u64;
         let result = match done {
             Ok(result) => result,
@@ -581,12 +607,7 @@ impl State {
                 } else {
                     tracing::debug!(error = %redact_error(&err), "heartbeat insert failed again");
                 }
-                if let Source::Memory = inflight.source {
-                    for row in inflight.rows.iter().rev() {
-                        self.memory.push_front(row.clone());
-                    }
-                    self.memory_since.get_or_insert_with(Instant::now);
-                }
+                self.requeue(inflight);
                 self.backoff = (self.backoff * 2)
                     .max(Duration::from_millis(100))
                     .min(self.config.max_retry_delay);
@@ -639,6 +660,17 @@ impl State {
         }
     }
 
+    /// Puts a failed batch from memory back at the front of the memory buffer (spool
+    /// batches stay in their file: their offset was not committed).
+    fn requeue(&mut self, batch: Batch) {
+        if let Source::Memory = batch.source {
+            for row in batch.rows.iter().rev() {
+                self.memory.push_front(row.clone());
+            }
+            self.memory_since.get_or_insert_with(Instant::now);
+        }
+    }
+
     fn next_wakeup(&self) -> Option<Instant> {
         let mut wakeup: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
@@ -647,7 +679,7 @@ impl State {
             }
         };
         consider(self.pending_since.map(|t| t + self.config.batch_delay));
-        if self.inflight.is_none() {
+        if self.batches.len() < self.config.max_inflight {
             if let Some(retry_at) = self.retry_at {
                 consider(Some(retry_at));
             } else {
@@ -668,34 +700,28 @@ impl State {
             + self.stats.duplicate_rows.load(Ordering::Relaxed);
         // Store what is in memory while Postgres answers; stop at the first failure.
         self.retry_at = None;
+        let mut failed = false;
         loop {
-            if self.inflight.is_none() {
-                if self.memory.is_empty() {
-                    break;
-                }
-                self.start_insert(true);
+            if !failed {
+                self.start_inserts(true);
             }
-            let Some(inflight) = self.inflight.as_mut() else {
+            if self.inflight.is_empty() {
                 break;
-            };
-            match tokio::time::timeout_at(deadline, &mut inflight.handle).await {
-                Ok(done) => {
-                    let inflight = self.inflight.take().expect("in flight");
-                    let failed = matches!(done, Ok(Err(_)) | Err(_));
-                    self.finish_insert(inflight, done);
-                    if failed {
-                        break;
-                    }
+            }
+            match tokio::time::timeout_at(deadline, self.inflight.join_next_with_id()).await {
+                Ok(Some(done)) => {
+                    let done = split(done);
+                    failed |= !matches!(done.1, Ok(Ok(_)));
+                    self.finish_insert(done);
                 }
+                Ok(None) => break,
                 Err(_) => {
-                    // Too slow: the rows go to the spool. If the insert lands after all,
-                    // replaying them later is harmless.
-                    let inflight = self.inflight.take().expect("in flight");
-                    inflight.handle.abort();
-                    if let Source::Memory = inflight.source {
-                        for row in inflight.rows.iter().rev() {
-                            self.memory.push_front(row.clone());
-                        }
+                    // Too slow: the rows go to the spool. If an insert lands after all,
+                    // replaying its rows later is harmless.
+                    self.inflight.abort_all();
+                    let batches: Vec<Batch> = self.batches.drain().map(|(_, b)| b).collect();
+                    for batch in batches {
+                        self.requeue(batch);
                     }
                     break;
                 }
@@ -748,12 +774,10 @@ impl State {
     }
 }
 
-async fn join(
-    inflight: &mut Option<Inflight>,
-) -> Result<Result<Inserted, sqlx::Error>, tokio::task::JoinError> {
-    match inflight {
-        Some(inflight) => (&mut inflight.handle).await,
-        None => std::future::pending().await,
+fn split(done: Result<(Id, Result<Inserted, sqlx::Error>), JoinError>) -> InsertDone {
+    match done {
+        Ok((id, result)) => (id, Ok(result)),
+        Err(err) => (err.id(), Err(err)),
     }
 }
 
