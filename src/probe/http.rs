@@ -165,6 +165,14 @@ impl StatusSet {
         };
         let mut ranges = Vec::new();
         for part in text.split(',') {
+            // `2xx` is a class, as the database's check accepts it.
+            let class = part.trim().to_ascii_lowercase();
+            if let Some(digit) = class.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()) {
+                if (1..=5).contains(&digit) {
+                    ranges.push((digit * 100, digit * 100 + 99));
+                    continue;
+                }
+            }
             let range = match part.split_once('-') {
                 Some((lo, hi)) => (code(lo)?, code(hi)?),
                 None => {
@@ -991,7 +999,10 @@ mod tests {
         assert_eq!(set.to_string(), "200-299,301");
         let default = StatusSet::parse("").unwrap();
         assert!(default.contains(200) && default.contains(399) && !default.contains(400));
-        assert!(StatusSet::parse("2xx").is_err());
+        let classes = StatusSet::parse("2XX,304").unwrap();
+        assert!(classes.contains(200) && classes.contains(299) && classes.contains(304));
+        assert!(!classes.contains(300));
+        assert!(StatusSet::parse("9xx").is_err());
         assert!(StatusSet::parse("299-200").is_err());
         assert!(StatusSet::parse("600").is_err());
     }
