@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vantage::storage;
 use vantage::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -30,6 +31,17 @@ struct Cli {
 enum Command {
     /// Probe one URL once over a fresh connection and print every phase.
     Check(vantage::check::CheckArgs),
+    /// Create the database if needed and apply pending migrations (DATABASE_URL).
+    Migrate(DatabaseArgs),
+    /// Load the example datacenters, schedules and monitors (idempotent; DATABASE_URL).
+    SeedExample(DatabaseArgs),
+}
+
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// postgres://user:password@host:port/database
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
 }
 
 #[tokio::main]
@@ -40,9 +52,36 @@ async fn main() -> ExitCode {
             telemetry::init(cli.log_format, "warn");
             vantage::check::execute(args).await
         }
+        Command::Migrate(args) => {
+            telemetry::init(cli.log_format, "info");
+            migrate(&args.database_url).await
+        }
+        Command::SeedExample(args) => {
+            telemetry::init(cli.log_format, "info");
+            seed_example(&args.database_url).await
+        }
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
         ExitCode::FAILURE
     })
+}
+
+async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
+    storage::ensure_database_exists(url).await?;
+    let pool = storage::connect(url).await?;
+    let pending = storage::pending_migrations(&pool).await?;
+    storage::migrate(&pool).await?;
+    println!("schema up to date ({pending} migration(s) applied)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn seed_example(url: &str) -> anyhow::Result<ExitCode> {
+    let pool = storage::connect(url).await?;
+    if storage::pending_migrations(&pool).await? > 0 {
+        anyhow::bail!("the schema is not up to date: run `vantage migrate` first");
+    }
+    storage::seed_example(&pool).await?;
+    println!("example datacenters, schedules and monitors loaded");
+    Ok(ExitCode::SUCCESS)
 }

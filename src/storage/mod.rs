@@ -1,1 +1,232 @@
-//! Storage. (Placeholder: owned by the storage work, issue #3.)
+//! Storage: everything between Vantage and Postgres that is not leadership. It owns
+//! the schema (`sql/migrations`, embedded and applied by [`migrate`]), the daily
+//! partitions of `api_heartbeats` ([`partitions`]), the example data
+//! ([`seed_example`]) and the batched heartbeat writer ([`HeartbeatWriter`]) that
+//! moves probe results into Postgres without losing any when Postgres is away.
+//!
+//! It does not decide who probes (leadership) nor what (configuration loading).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+pub mod partitions;
+mod spool;
+mod writer;
+
+pub use writer::{
+    FlushSummary, HeartbeatSender, HeartbeatWriter, WriterConfig, WriterSnapshot, WriterStats,
+};
+
+/// The schema, embedded at build time (`build.rs` rebuilds when it changes).
+pub static MIGRATOR: Migrator = sqlx::migrate!("sql/migrations");
+
+/// How many days of partitions [`migrate`] creates ahead of today.
+pub const PARTITION_DAYS_AHEAD: u32 = 7;
+
+/// Connects a pool to `url` (a `postgres://` URL). The error names the target without
+/// its password and says what to check.
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().map_err(|err| {
+        anyhow::anyhow!(
+            "DATABASE_URL is not a valid postgres:// URL: {}",
+            redact_error(&err)
+        )
+    })?;
+    let target = describe_target(&options);
+    connect_with(options).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot connect to Postgres at {target}: {}; check that it is running and that \
+             DATABASE_URL is right",
+            redact_error(&err)
+        )
+    })
+}
+
+/// Connects a pool with Vantage's settings: connections are checked before use (so a
+/// restarted server is noticed at once) and acquiring one gives up after 5 s instead
+/// of hanging while the server is away.
+pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
+    let options = options
+        .application_name("vantage")
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+    PgPoolOptions::new()
+        .max_connections(10)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(true)
+        .connect_with(options)
+        .await
+}
+
+/// `err`'s text with any password in it (URL userinfo or `password=` pairs) masked.
+pub fn redact_error(err: &sqlx::Error) -> String {
+    redact(&err.to_string())
+}
+
+/// "user@host:port/db" for messages: never the password.
+pub fn describe_target(options: &PgConnectOptions) -> String {
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_string(),
+    };
+    format!(
+        "{}@{}:{}/{}",
+        options.get_username(),
+        host,
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    )
+}
+
+/// Masks `scheme://user:secret@` and `password=secret` in free text.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        // userinfo ends at the last '@' before the first '/', whitespace or end.
+        let authority_end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    // key=value connection strings and query parameters.
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(pos) = rest.to_ascii_lowercase().find("password=") {
+        let (head, tail) = rest.split_at(pos + "password=".len());
+        result.push_str(head);
+        result.push_str("***");
+        let end = tail
+            .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+/// Applies every pending migration (idempotent; several instances may run it at once:
+/// sqlx serializes them with an advisory lock), then makes sure the heartbeat
+/// partitions for today and the next [`PARTITION_DAYS_AHEAD`] days exist.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run(pool).await?;
+    partitions::ensure_ahead(pool, PARTITION_DAYS_AHEAD)
+        .await
+        .map_err(MigrateError::Execute)?;
+    Ok(())
+}
+
+/// How many embedded migrations the database has not applied yet (all of them for an
+/// empty database).
+pub async fn pending_migrations(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<i64> = match table {
+        Some(_) => {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(pool)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .count())
+}
+
+/// Creates the database named in `url` when it does not exist yet, connecting to the
+/// server's `postgres` database to do so.
+pub async fn ensure_database_exists(url: &str) -> anyhow::Result<()> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|err| anyhow::anyhow!("not a valid postgres:// URL: {}", redact_error(&err)))?;
+    let name = options
+        .get_database()
+        .unwrap_or(options.get_username())
+        .to_string();
+    let admin = options.clone().database("postgres");
+    let mut conn = admin.connect().await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot connect to Postgres at {}: {}",
+            describe_target(&admin),
+            redact_error(&err)
+        )
+    })?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::raw_sql(&sql).execute(&mut conn).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another instance created it first.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot create database {name:?}"))
+            }
+        }
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Loads the example configuration (`sql/seed/example.sql`): the nine datacenters of
+/// the system Vantage replaces, their regions, a few schedules and monitors. Rows that
+/// already exist (by code or name) are left alone, so running it twice is harmless.
+pub async fn seed_example(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(include_str!("../../sql/seed/example.sql"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("error connecting to postgres://bob:s3cret@db:5432/x: refused"),
+            "error connecting to postgres://bob:***@db:5432/x: refused"
+        );
+        assert_eq!(redact("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(
+            redact("host=db password=hunter2 user=x"),
+            "host=db password=*** user=x"
+        );
+        assert_eq!(
+            redact("?sslmode=require&password=abc&x=1"),
+            "?sslmode=require&password=***&x=1"
+        );
+    }
+
+    #[test]
+    fn describes_target_without_password() {
+        let options: PgConnectOptions = "postgres://bob:s3cret@db.example:6543/vantage"
+            .parse()
+            .unwrap();
+        assert_eq!(describe_target(&options), "bob@db.example:6543/vantage");
+    }
+}

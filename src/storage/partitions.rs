@@ -1,0 +1,62 @@
+//! Daily partitions of `api_heartbeats`: created ahead of time (by `migrate` and the
+//! leader's daily housekeeping), created on demand when a heartbeat's day has none
+//! (the writer never drops a row for want of a partition), and dropped whole when
+//! older than the retention. Days are UTC days; partitions are named
+//! `api_heartbeats_YYYYMMDD`. The SQL functions doing the work live in the migration,
+//! so that any client (or a DBA's psql) does the same thing.
+
+use chrono::NaiveDate;
+use sqlx::PgPool;
+
+/// Makes sure partitions exist for today and the next `days_ahead` days (UTC, by the
+/// database's clock); returns the names it created.
+pub async fn ensure_ahead(pool: &PgPool, days_ahead: u32) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT 'api_heartbeats_' || to_char(d, 'YYYYMMDD')
+         FROM generate_series(0, $1) AS i,
+              LATERAL (SELECT (now() AT TIME ZONE 'UTC')::date + i AS d) day
+         WHERE vantage_ensure_heartbeat_partition(d)
+         ORDER BY d",
+    )
+    .bind(days_ahead as i32)
+    .fetch_all(pool)
+    .await
+}
+
+/// Makes sure partitions exist for each of `days`; returns the names it created.
+pub async fn ensure_days(pool: &PgPool, days: &[NaiveDate]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT 'api_heartbeats_' || to_char(d, 'YYYYMMDD')
+         FROM unnest($1::date[]) AS d
+         WHERE vantage_ensure_heartbeat_partition(d)
+         ORDER BY d",
+    )
+    .bind(days)
+    .fetch_all(pool)
+    .await
+}
+
+/// Drops every partition whose whole day lies more than `retention_days` days before
+/// today (UTC): with 30, today and the 30 days before it are kept. Returns the names
+/// dropped.
+pub async fn drop_older_than(
+    pool: &PgPool,
+    retention_days: u32,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT vantage_drop_heartbeat_partitions($1)")
+        .bind(retention_days as i32)
+        .fetch_all(pool)
+        .await
+}
+
+/// The existing partitions, oldest first.
+pub async fn list(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'api_heartbeats'::regclass
+         ORDER BY c.relname",
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,230 @@
+//! Spool files: where the heartbeat writer keeps results it cannot hand to Postgres
+//! and cannot keep in memory. One append-only file of JSON lines per writer, flushed
+//! and fsync'd per batch, read back in order from a committed offset.
+//!
+//! Each file is held with an exclusive `flock` for as long as its writer lives, so
+//! concurrent instances sharing a directory never write to or replay each other's file;
+//! a file nobody holds was left by a process that stopped or crashed, and the next
+//! writer to start adopts it and replays it. Replaying a file twice (a crash between
+//! inserting a batch and deleting the file) is harmless: heartbeats are slot-keyed and
+//! inserted with `ON CONFLICT DO NOTHING`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::Heartbeat;
+
+const PREFIX: &str = "heartbeats-";
+const SUFFIX: &str = ".jsonl";
+/// How much to read at a time when replaying.
+const CHUNK: u64 = 1 << 20;
+
+pub(crate) struct SpoolFile {
+    path: PathBuf,
+    file: File,
+    /// Everything before this offset has been inserted.
+    read_offset: u64,
+    len: u64,
+    /// Rows after `read_offset` (counted when adopted, tracked while appending).
+    unread_rows: u64,
+}
+
+impl SpoolFile {
+    /// A new file for this process, named so that names sort in creation order.
+    pub fn create(dir: &Path) -> io::Result<SpoolFile> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        loop {
+            let name = format!(
+                "{PREFIX}{:020}-{}-{}{SUFFIX}",
+                chrono::Utc::now().timestamp_micros(),
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = dir.join(name);
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .open(&path)?;
+            // Another process may try to adopt the empty file between create and lock;
+            // then we simply take another name.
+            if try_lock(&file)? {
+                return Ok(SpoolFile {
+                    path,
+                    file,
+                    read_offset: 0,
+                    len: 0,
+                    unread_rows: 0,
+                });
+            }
+        }
+    }
+
+    /// Every spool file in `dir` that no live writer holds, oldest first, locked for
+    /// this process.
+    pub fn adopt_orphans(dir: &Path) -> io::Result<Vec<SpoolFile>> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+            })
+            .collect();
+        paths.sort();
+        let mut adopted = Vec::new();
+        for path in paths {
+            let file = match OpenOptions::new().read(true).append(true).open(&path) {
+                Ok(file) => file,
+                // Deleted by its owner meanwhile.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            if !try_lock(&file)? {
+                continue;
+            }
+            let len = file.metadata()?.len();
+            let mut spool = SpoolFile {
+                path,
+                file,
+                read_offset: 0,
+                len,
+                unread_rows: 0,
+            };
+            spool.unread_rows = spool.count_lines()?;
+            adopted.push(spool);
+        }
+        Ok(adopted)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `rows` and fsyncs; returns the bytes written.
+    pub fn append<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = &'a Heartbeat>,
+    ) -> io::Result<(u64, u64)> {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut count = 0;
+        for row in rows {
+            serde_json::to_writer(&mut buf, row)?;
+            buf.push(b'\n');
+            count += 1;
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.len += buf.len() as u64;
+        self.unread_rows += count;
+        Ok((count, buf.len() as u64))
+    }
+
+    /// Reads up to `max` rows after the committed offset. Returns them with the offset
+    /// to commit once they are stored, and how many lines were unreadable (a torn
+    /// last line after a crash) and skipped.
+    pub fn read_batch(&self, max: usize) -> io::Result<(Vec<Heartbeat>, u64, u64)> {
+        let mut rows = Vec::new();
+        let mut skipped = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut consumed = 0usize;
+        let mut file_pos = self.read_offset;
+        while rows.len() < max {
+            if let Some(i) = buf[consumed..].iter().position(|&b| b == b'\n') {
+                parse_line(
+                    &buf[consumed..consumed + i],
+                    &mut rows,
+                    &mut skipped,
+                    &self.path,
+                );
+                consumed += i + 1;
+                continue;
+            }
+            if file_pos >= self.len {
+                // A last line without its newline: a write cut short by a crash.
+                if consumed < buf.len() {
+                    parse_line(&buf[consumed..], &mut rows, &mut skipped, &self.path);
+                    consumed = buf.len();
+                }
+                break;
+            }
+            let want = CHUNK.min(self.len - file_pos) as usize;
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            self.file.read_exact_at(&mut buf[start..], file_pos)?;
+            file_pos += want as u64;
+        }
+        Ok((rows, self.read_offset + consumed as u64, skipped))
+    }
+
+    /// Marks everything before `offset` (holding `rows` rows) as stored.
+    pub fn commit(&mut self, offset: u64, rows: u64) {
+        self.read_offset = offset;
+        self.unread_rows = self.unread_rows.saturating_sub(rows);
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.read_offset >= self.len
+    }
+
+    pub fn unread_bytes(&self) -> u64 {
+        self.len - self.read_offset
+    }
+
+    pub fn unread_rows(&self) -> u64 {
+        self.unread_rows
+    }
+
+    /// Deletes the file (everything in it is stored).
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_file(&self.path)
+    }
+
+    fn count_lines(&self) -> io::Result<u64> {
+        let mut count = 0u64;
+        let mut pos = 0u64;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut last = b'\n';
+        while pos < self.len {
+            let want = CHUNK.min(self.len - pos) as usize;
+            self.file.read_exact_at(&mut buf[..want], pos)?;
+            count += buf[..want].iter().filter(|&&b| b == b'\n').count() as u64;
+            last = buf[want - 1];
+            pos += want as u64;
+        }
+        Ok(count + u64::from(last != b'\n'))
+    }
+}
+
+fn parse_line(line: &[u8], rows: &mut Vec<Heartbeat>, skipped: &mut u64, path: &Path) {
+    if line.iter().all(|b| b.is_ascii_whitespace()) {
+        return;
+    }
+    match serde_json::from_slice(line) {
+        Ok(row) => rows.push(row),
+        Err(err) => {
+            *skipped += 1;
+            tracing::warn!(file = %path.display(), error = %err, "skipping an unreadable spool line");
+        }
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: false when another open file holds it.
+fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a valid, open descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}

@@ -1,0 +1,965 @@
+//! The heartbeat writer: probes hand heartbeats to a [`HeartbeatSender`], which never
+//! blocks and never waits on the database; one writer task batches them (by size and by
+//! time) and stores each batch with a single `INSERT ... SELECT ... FROM UNNEST(...)
+//! ON CONFLICT DO NOTHING`.
+//!
+//! Nothing is dropped. When Postgres is unreachable or slow the writer keeps heartbeats
+//! in memory up to [`WriterConfig::memory_rows`], then appends them to a spool file
+//! under [`WriterConfig::spool_dir`], and replays everything in order once Postgres
+//! answers again. A missing daily partition is created and the batch retried. A spool
+//! left by a stopped or crashed process is replayed when the next writer starts.
+//! Shutdown flushes what it can within a deadline and spools the rest.
+//!
+//! Order of storage: heartbeats spooled by earlier processes, then the memory buffer
+//! (oldest first), then this process's spool file; new heartbeats go to the spool file
+//! as long as it is not drained, so they never overtake older ones.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use futures_util::future::BoxFuture;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::spool::SpoolFile;
+use super::{partitions, redact_error};
+use crate::Heartbeat;
+
+/// Tuning of the writer. `Default` reads `VANTAGE_SPOOL_DIR` (default `.vantage/spool`).
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Where spool files live; keep it on a persistent volume.
+    pub spool_dir: PathBuf,
+    /// A batch is written when this many heartbeats are waiting...
+    pub batch_rows: usize,
+    /// ...or when the oldest waiting one is this old.
+    pub batch_delay: Duration,
+    /// Heartbeats kept in memory while Postgres is away before spooling to disk.
+    pub memory_rows: usize,
+    /// An insert taking longer than this counts as failed (and is retried).
+    pub insert_timeout: Duration,
+    /// The longest wait between retries while Postgres is away.
+    pub max_retry_delay: Duration,
+    /// How long [`HeartbeatWriter::shutdown`] tries to store buffered heartbeats
+    /// before spooling them.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            spool_dir: std::env::var_os("VANTAGE_SPOOL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".vantage/spool")),
+            batch_rows: 1000,
+            batch_delay: Duration::from_millis(250),
+            memory_rows: 100_000,
+            insert_timeout: Duration::from_secs(30),
+            max_retry_delay: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters and gauges of the writer, updated as it works (export them as metrics).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    received_rows: AtomicU64,
+    buffered_rows: AtomicU64,
+    spooled_rows: AtomicU64,
+    spool_bytes: AtomicU64,
+    inserted_rows: AtomicU64,
+    duplicate_rows: AtomicU64,
+    batches: AtomicU64,
+    insert_failures: AtomicU64,
+    partitions_created: AtomicU64,
+    rejected_rows: AtomicU64,
+    dropped_rows: AtomicU64,
+    degraded: AtomicBool,
+}
+
+/// A point-in-time copy of [`WriterStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct WriterSnapshot {
+    /// Heartbeats handed to a sender since start.
+    pub received_rows: u64,
+    /// In memory: queued, batched or in flight (gauge).
+    pub buffered_rows: u64,
+    /// In spool files, not yet stored (gauge).
+    pub spooled_rows: u64,
+    /// Bytes of spool not yet replayed (gauge).
+    pub spool_bytes: u64,
+    /// Rows Postgres inserted.
+    pub inserted_rows: u64,
+    /// Rows Postgres already had (same slot written twice): harmless.
+    pub duplicate_rows: u64,
+    /// Successful insert statements.
+    pub batches: u64,
+    /// Failed insert attempts (each is retried).
+    pub insert_failures: u64,
+    /// Partitions created because a heartbeat's day had none.
+    pub partitions_created: u64,
+    /// Rows Postgres refused as invalid, kept in `rejected-*.jsonl` in the spool dir.
+    pub rejected_rows: u64,
+    /// Rows sent after shutdown, which nobody could take.
+    pub dropped_rows: u64,
+    /// Postgres is currently unreachable for the writer.
+    pub degraded: bool,
+}
+
+impl WriterStats {
+    pub fn snapshot(&self) -> WriterSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterSnapshot {
+            received_rows: get(&self.received_rows),
+            buffered_rows: get(&self.buffered_rows),
+            spooled_rows: get(&self.spooled_rows),
+            spool_bytes: get(&self.spool_bytes),
+            inserted_rows: get(&self.inserted_rows),
+            duplicate_rows: get(&self.duplicate_rows),
+            batches: get(&self.batches),
+            insert_failures: get(&self.insert_failures),
+            partitions_created: get(&self.partitions_created),
+            rejected_rows: get(&self.rejected_rows),
+            dropped_rows: get(&self.dropped_rows),
+            degraded: self.degraded.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The probes' end of the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct HeartbeatSender {
+    tx: mpsc::UnboundedSender<Heartbeat>,
+    stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for HeartbeatSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatSender").finish_non_exhaustive()
+    }
+}
+
+impl HeartbeatSender {
+    /// Queues a heartbeat. Never blocks: the queue is drained continuously by the
+    /// writer task, which moves rows to disk rather than letting memory grow without
+    /// bound while Postgres is away.
+    pub fn send(&self, heartbeat: Heartbeat) {
+        self.stats.received_rows.fetch_add(1, Ordering::Relaxed);
+        self.stats.buffered_rows.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(heartbeat).is_err() {
+            self.stats.buffered_rows.fetch_sub(1, Ordering::Relaxed);
+            let before = self.stats.dropped_rows.fetch_add(1, Ordering::Relaxed);
+            if before == 0 {
+                tracing::error!("a heartbeat was sent after the writer shut down and is lost");
+            }
+        }
+    }
+}
+
+/// What [`HeartbeatWriter::shutdown`] did with the heartbeats it still had.
+#[derive(Debug, Clone)]
+pub struct FlushSummary {
+    /// Rows stored during shutdown.
+    pub flushed_rows: u64,
+    /// Rows written to the spool during shutdown (Postgres unreachable or too slow).
+    pub spooled_rows: u64,
+    /// Spool files left for the next start, and the rows in them.
+    pub spool_files: Vec<PathBuf>,
+    pub rows_left_in_spool: u64,
+    pub elapsed: Duration,
+    /// The counters at the end.
+    pub stats: WriterSnapshot,
+}
+
+/// The writer task's handle.
+pub struct HeartbeatWriter {
+    stats: Arc<WriterStats>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<FlushSummary>>,
+}
+
+impl HeartbeatWriter {
+    /// Starts the writer. Spool files left in `config.spool_dir` by earlier processes
+    /// are adopted and replayed (in order, in the background) before newer heartbeats.
+    pub async fn spawn(
+        pool: PgPool,
+        config: WriterConfig,
+    ) -> Result<(HeartbeatSender, HeartbeatWriter), std::io::Error> {
+        std::fs::create_dir_all(&config.spool_dir)?;
+        let backlog: VecDeque<SpoolFile> = SpoolFile::adopt_orphans(&config.spool_dir)?.into();
+        let stats = Arc::new(WriterStats::default());
+        let rows: u64 = backlog.iter().map(|f| f.unread_rows()).sum();
+        let bytes: u64 = backlog.iter().map(|f| f.unread_bytes()).sum();
+        stats.spooled_rows.store(rows, Ordering::Relaxed);
+        stats.spool_bytes.store(bytes, Ordering::Relaxed);
+        if !backlog.is_empty() {
+            tracing::info!(
+                rows,
+                files = backlog.len(),
+                dir = %config.spool_dir.display(),
+                "replaying heartbeats spooled by an earlier process"
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let state = State {
+            pool,
+            stats: stats.clone(),
+            memory: VecDeque::new(),
+            memory_since: None,
+            backlog,
+            own: None,
+            pending: Vec::new(),
+            pending_since: None,
+            inflight: None,
+            retry_at: None,
+            backoff: Duration::ZERO,
+            spool_error_logged: false,
+            config,
+        };
+        let task = tokio::spawn(state.run(rx, shutdown.clone()));
+        Ok((
+            HeartbeatSender {
+                tx,
+                stats: stats.clone(),
+            },
+            HeartbeatWriter {
+                stats,
+                shutdown,
+                task: Some(task),
+            },
+        ))
+    }
+
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    /// Stops accepting heartbeats, stores what is buffered while Postgres answers
+    /// (within `shutdown_timeout`) and spools the rest for the next start.
+    pub async fn shutdown(mut self) -> FlushSummary {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("shutdown once");
+        match task.await {
+            Ok(summary) => summary,
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        }
+    }
+}
+
+impl Drop for HeartbeatWriter {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): the task still flushes or spools on its own as
+        // long as the runtime runs.
+        self.shutdown.cancel();
+    }
+}
+
+/// Where the rows of an insert came from, so success and failure can be booked.
+enum Source {
+    Memory,
+    /// An earlier process's spool (front of the backlog); commit this offset.
+    Backlog(u64),
+    /// This process's spool; commit this offset.
+    Own(u64),
+}
+
+struct Inflight {
+    source: Source,
+    rows: Arc<Vec<Heartbeat>>,
+    handle: JoinHandle<Result<Inserted, sqlx::Error>>,
+}
+
+#[derive(Default)]
+struct Inserted {
+    inserted: u64,
+    duplicates: u64,
+    partitions: Vec<String>,
+    rejected: Vec<(Heartbeat, String)>,
+}
+
+struct State {
+    pool: PgPool,
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+    /// Oldest first.
+    memory: VecDeque<Heartbeat>,
+    memory_since: Option<Instant>,
+    /// Spool files of earlier processes, oldest first.
+    backlog: VecDeque<SpoolFile>,
+    /// This process's spool file while it holds unstored rows.
+    own: Option<SpoolFile>,
+    /// Rows on their way to the own spool file (written per batch).
+    pending: Vec<Heartbeat>,
+    pending_since: Option<Instant>,
+    inflight: Option<Inflight>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    spool_error_logged: bool,
+}
+
+impl State {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Heartbeat>,
+        shutdown: CancellationToken,
+    ) -> FlushSummary {
+        let mut incoming = Vec::with_capacity(self.config.batch_rows);
+        let mut channel_open = true;
+        loop {
+            self.start_insert(false);
+            let wakeup = self.next_wakeup();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                done = join(&mut self.inflight), if self.inflight.is_some() => {
+                    let inflight = self.inflight.take().expect("in flight");
+                    self.finish_insert(inflight, done);
+                }
+                n = rx.recv_many(&mut incoming, self.config.batch_rows), if channel_open => {
+                    // 0: every sender is gone; keep storing what we have until shutdown.
+                    channel_open = n > 0;
+                    for heartbeat in incoming.drain(..) {
+                        self.accept(heartbeat);
+                    }
+                }
+                _ = sleep_until(wakeup) => {}
+            }
+            self.flush_pending(false);
+        }
+        self.shutdown(rx).await
+    }
+
+    /// Takes a heartbeat from the channel into memory, or towards the spool when the
+    /// memory is full or the spool is not drained yet (so order is kept).
+    fn accept(&mut self, heartbeat: Heartbeat) {
+        let spooling = self.own.is_some() || !self.pending.is_empty();
+        if spooling || self.memory_rows() >= self.config.memory_rows {
+            if !spooling {
+                tracing::warn!(
+                    buffered = self.memory_rows(),
+                    dir = %self.config.spool_dir.display(),
+                    "heartbeat memory buffer full; spooling heartbeats to disk until Postgres catches up"
+                );
+            }
+            if self.pending.is_empty() {
+                self.pending_since = Some(Instant::now());
+            }
+            self.pending.push(heartbeat);
+        } else {
+            if self.memory.is_empty() {
+                self.memory_since = Some(Instant::now());
+            }
+            self.memory.push_back(heartbeat);
+        }
+    }
+
+    /// Rows in memory, including a batch from memory in flight.
+    fn memory_rows(&self) -> usize {
+        let inflight = match &self.inflight {
+            Some(Inflight {
+                source: Source::Memory,
+                rows,
+                ..
+            }) => rows.len(),
+            _ => 0,
+        };
+        self.memory.len() + inflight
+    }
+
+    /// Writes pending rows to the own spool file when a batch is full or due.
+    fn flush_pending(&mut self, force: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let due = self
+            .pending_since
+            .is_some_and(|t| t.elapsed() >= self.config.batch_delay);
+        if !(force || due || self.pending.len() >= self.config.batch_rows) {
+            return;
+        }
+        if self.own.is_none() {
+            match SpoolFile::create(&self.config.spool_dir) {
+                Ok(own) => self.own = Some(own),
+                Err(err) => return self.spool_failed(err),
+            }
+        }
+        let result = self.own.as_mut().expect("own").append(&self.pending);
+        match result {
+            Ok((rows, bytes)) => {
+                self.pending.clear();
+                self.pending_since = None;
+                self.stats.buffered_rows.fetch_sub(rows, Ordering::Relaxed);
+                self.stats.spooled_rows.fetch_add(rows, Ordering::Relaxed);
+                self.stats.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.spool_error_logged = false;
+            }
+            Err(err) => self.spool_failed(err),
+        }
+    }
+
+    /// Keeps the pending rows in memory and tries again at the next batch.
+    fn spool_failed(&mut self, err: std::io::Error) {
+        if !self.spool_error_logged {
+            tracing::error!(
+                dir = %self.config.spool_dir.display(),
+                error = %err,
+                "cannot write the heartbeat spool; keeping heartbeats in memory"
+            );
+            self.spool_error_logged = true;
+        }
+        self.pending_since = Some(Instant::now());
+    }
+
+    /// Starts the next insert when none is in flight and one is due.
+    fn start_insert(&mut self, shutting_down: bool) {
+        if self.inflight.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let retrying = self.retry_at.take().is_some();
+        if !shutting_down {
+            while let Some(file) = self.backlog.front() {
+                if file.is_drained() {
+                    let file = self.backlog.pop_front().expect("front");
+                    self.remove_spool(file);
+                    continue;
+                }
+                match file.read_batch(self.config.batch_rows) {
+                    Ok((rows, offset, _skipped)) if rows.is_empty() => {
+                        self.backlog.front_mut().expect("front").commit(offset, 0);
+                    }
+                    Ok((rows, offset, _)) => {
+                        return self.spawn_insert(Source::Backlog(offset), rows)
+                    }
+                    Err(err) => {
+                        // Leave the file where it is for an operator; go on with the rest.
+                        let file = self.backlog.pop_front().expect("front");
+                        tracing::error!(file = %file.path().display(), error = %err,
+                            "cannot read a heartbeat spool file; leaving it in place");
+                    }
+                }
+            }
+        }
+        if !self.memory.is_empty() {
+            let due = self
+                .memory_since
+                .is_some_and(|t| t.elapsed() >= self.config.batch_delay);
+            if shutting_down
+                || retrying
+                || due
+                || self.memory.len() >= self.config.batch_rows
+                || self.own.is_some()
+            {
+                let n = self.memory.len().min(self.config.batch_rows);
+                let rows: Vec<Heartbeat> = self.memory.drain(..n).collect();
+                if self.memory.is_empty() {
+                    self.memory_since = None;
+                }
+                return self.spawn_insert(Source::Memory, rows);
+            }
+            return;
+        }
+        if shutting_down {
+            return;
+        }
+        // Memory is empty: catch up with the own spool, pending rows included.
+        self.flush_pending(true);
+        if let Some(own) = &self.own {
+            if own.is_drained() {
+                let own = self.own.take().expect("own");
+                tracing::info!("heartbeat spool replayed; back to writing from memory");
+                self.remove_spool(own);
+                return;
+            }
+            match own.read_batch(self.config.batch_rows) {
+                Ok((rows, offset, _)) if rows.is_empty() => {
+                    self.own.as_mut().expect("own").commit(offset, 0)
+                }
+                Ok((rows, offset, _)) => self.spawn_insert(Source::Own(offset), rows),
+                Err(err) => tracing::error!(error = %err, "cannot read the heartbeat spool"),
+            }
+        }
+    }
+
+    fn spawn_insert(&mut self, source: Source, rows: Vec<Heartbeat>) {
+        let rows = Arc::new(rows);
+        let pool = self.pool.clone();
+        let timeout = self.config.insert_timeout;
+        let task_rows = rows.clone();
+        let handle = tokio::spawn(async move {
+            match tokio::time::timeout(timeout, insert_batch(&pool, &task_rows)).await {
+                Ok(result) => result,
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            }
+        });
+        self.inflight = Some(Inflight {
+            source,
+            rows,
+            handle,
+        });
+    }
+
+    fn finish_insert(
+        &mut self,
+        inflight: Inflight,
+        done: Result<Result<Inserted, sqlx::Error>, tokio::task::JoinError>,
+    ) {
+        let n = inflight.rows.len() as u64;
+        let result = match done {
+            Ok(result) => result,
+            Err(err) => Err(sqlx::Error::Protocol(format!("insert task failed: {err}"))),
+        };
+        match result {
+            Ok(inserted) => {
+                let stats = self.stats.clone();
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .inserted_rows
+                    .fetch_add(inserted.inserted, Ordering::Relaxed);
+                stats
+                    .duplicate_rows
+                    .fetch_add(inserted.duplicates, Ordering::Relaxed);
+                stats
+                    .partitions_created
+                    .fetch_add(inserted.partitions.len() as u64, Ordering::Relaxed);
+                if !inserted.partitions.is_empty() {
+                    tracing::info!(partitions = ?inserted.partitions, "created missing heartbeat partitions");
+                }
+                if !inserted.rejected.is_empty() {
+                    self.keep_rejected(&inserted.rejected);
+                }
+                match inflight.source {
+                    Source::Memory => {
+                        stats.buffered_rows.fetch_sub(n, Ordering::Relaxed);
+                    }
+                    Source::Backlog(offset) | Source::Own(offset) => {
+                        let file = match inflight.source {
+                            Source::Backlog(_) => self.backlog.front_mut(),
+                            _ => self.own.as_mut(),
+                        };
+                        if let Some(file) = file {
+                            let before = file.unread_bytes();
+                            file.commit(offset, n);
+                            stats
+                                .spool_bytes
+                                .fetch_sub(before - file.unread_bytes(), Ordering::Relaxed);
+                        }
+                        stats.spooled_rows.fetch_sub(n, Ordering::Relaxed);
+                    }
+                }
+                self.backoff = Duration::ZERO;
+                if self.stats.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        buffered = self.memory_rows(),
+                        spooled = self.stats.spooled_rows.load(Ordering::Relaxed),
+                        "Postgres is reachable again; storing buffered heartbeats"
+                    );
+                }
+            }
+            Err(err) => {
+                self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+                if !self.stats.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %redact_error(&err),
+                        memory_rows = self.config.memory_rows,
+                        spool_dir = %self.config.spool_dir.display(),
+                        "cannot store heartbeats in Postgres; keeping them in memory, then in \
+                         the spool, until it is back"
+                    );
+                } else {
+                    tracing::debug!(error = %redact_error(&err), "heartbeat insert failed again");
+                }
+                if let Source::Memory = inflight.source {
+                    for row in inflight.rows.iter().rev() {
+                        self.memory.push_front(row.clone());
+                    }
+                    self.memory_since.get_or_insert_with(Instant::now);
+                }
+                self.backoff = (self.backoff * 2)
+                    .max(Duration::from_millis(100))
+                    .min(self.config.max_retry_delay);
+                self.retry_at = Some(Instant::now() + self.backoff);
+            }
+        }
+    }
+
+    /// Rows Postgres refuses as invalid would block the queue forever if retried: keep
+    /// them on disk, with the reason, for an operator.
+    fn keep_rejected(&self, rejected: &[(Heartbeat, String)]) {
+        self.stats
+            .rejected_rows
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        let path = self
+            .config
+            .spool_dir
+            .join(format!("rejected-{}.jsonl", std::process::id()));
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| {
+                for (row, reason) in rejected {
+                    let line = serde_json::json!({ "error": reason, "heartbeat": row });
+                    writeln!(file, "{line}")?;
+                }
+                file.sync_data()
+            });
+        tracing::error!(
+            rows = rejected.len(),
+            file = %path.display(),
+            reason = %rejected[0].1,
+            saved = written.is_ok(),
+            "Postgres rejected heartbeats as invalid; they are kept in the file"
+        );
+    }
+
+    fn remove_spool(&mut self, file: SpoolFile) {
+        let path = file.path().to_path_buf();
+        self.stats
+            .spool_bytes
+            .fetch_sub(file.unread_bytes(), Ordering::Relaxed);
+        // Lines skipped as unreadable were counted when the file was adopted.
+        self.stats
+            .spooled_rows
+            .fetch_sub(file.unread_rows(), Ordering::Relaxed);
+        if let Err(err) = file.remove() {
+            tracing::warn!(file = %path.display(), error = %err, "cannot delete a replayed spool file");
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let mut wakeup: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wakeup = Some(wakeup.map_or(t, |w| w.min(t)));
+            }
+        };
+        consider(self.pending_since.map(|t| t + self.config.batch_delay));
+        if self.inflight.is_none() {
+            if let Some(retry_at) = self.retry_at {
+                consider(Some(retry_at));
+            } else {
+                consider(self.memory_since.map(|t| t + self.config.batch_delay));
+            }
+        }
+        wakeup
+    }
+
+    async fn shutdown(mut self, mut rx: mpsc::UnboundedReceiver<Heartbeat>) -> FlushSummary {
+        let started = Instant::now();
+        let deadline = started + self.config.shutdown_timeout;
+        rx.close();
+        while let Ok(heartbeat) = rx.try_recv() {
+            self.accept(heartbeat);
+        }
+        let inserted_before = self.stats.inserted_rows.load(Ordering::Relaxed)
+            + self.stats.duplicate_rows.load(Ordering::Relaxed);
+        // Store what is in memory while Postgres answers; stop at the first failure.
+        self.retry_at = None;
+        loop {
+            if self.inflight.is_none() {
+                if self.memory.is_empty() {
+                    break;
+                }
+                self.start_insert(true);
+            }
+            let Some(inflight) = self.inflight.as_mut() else {
+                break;
+            };
+            match tokio::time::timeout_at(deadline, &mut inflight.handle).await {
+                Ok(done) => {
+                    let inflight = self.inflight.take().expect("in flight");
+                    let failed = matches!(done, Ok(Err(_)) | Err(_));
+                    self.finish_insert(inflight, done);
+                    if failed {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    // Too slow: the rows go to the spool. If the insert lands after all,
+                    // replaying them later is harmless.
+                    let inflight = self.inflight.take().expect("in flight");
+                    inflight.handle.abort();
+                    if let Source::Memory = inflight.source {
+                        for row in inflight.rows.iter().rev() {
+                            self.memory.push_front(row.clone());
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let flushed_rows = self.stats.inserted_rows.load(Ordering::Relaxed)
+            + self.stats.duplicate_rows.load(Ordering::Relaxed)
+            - inserted_before;
+        // Everything left in memory goes to the spool, older rows first.
+        let mut rest: Vec<Heartbeat> = self.memory.drain(..).collect();
+        let spooled_rows = (rest.len() + self.pending.len()) as u64;
+        rest.append(&mut self.pending);
+        self.pending = rest;
+        self.flush_pending(true);
+        if !self.pending.is_empty() {
+            tracing::error!(
+                rows = self.pending.len(),
+                "cannot spool heartbeats at shutdown; they are lost"
+            );
+        }
+        let mut spool_files: Vec<PathBuf> = self
+            .backlog
+            .iter()
+            .map(|f| f.path().to_path_buf())
+            .collect();
+        let mut rows_left: u64 = self.backlog.iter().map(|f| f.unread_rows()).sum();
+        if let Some(own) = self.own.take() {
+            if own.is_drained() {
+                self.remove_spool(own);
+            } else {
+                rows_left += own.unread_rows();
+                spool_files.push(own.path().to_path_buf());
+            }
+        }
+        if rows_left > 0 {
+            tracing::warn!(
+                rows = rows_left,
+                files = spool_files.len(),
+                "heartbeats left in the spool; the next start replays them"
+            );
+        }
+        FlushSummary {
+            flushed_rows,
+            spooled_rows,
+            spool_files,
+            rows_left_in_spool: rows_left,
+            elapsed: started.elapsed(),
+            stats: self.stats.snapshot(),
+        }
+    }
+}
+
+async fn join(
+    inflight: &mut Option<Inflight>,
+) -> Result<Result<Inserted, sqlx::Error>, tokio::task::JoinError> {
+    match inflight {
+        Some(inflight) => (&mut inflight.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(wakeup: Option<Instant>) {
+    match wakeup {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Inserts `rows`, creating missing partitions, and isolating rows Postgres refuses as
+/// invalid (so one bad row cannot block the others forever). An error means the batch
+/// should be retried later (Postgres unreachable, overloaded, schema missing).
+fn insert_batch<'a>(
+    pool: &'a PgPool,
+    rows: &'a [Heartbeat],
+) -> BoxFuture<'a, Result<Inserted, sqlx::Error>> {
+    Box::pin(async move {
+        match insert_creating_partitions(pool, rows).await {
+            Ok((inserted, partitions)) => Ok(Inserted {
+                inserted,
+                duplicates: rows.len() as u64 - inserted,
+                partitions,
+                rejected: Vec::new(),
+            }),
+            Err(err) if is_invalid_data(&err) && rows.len() == 1 => Ok(Inserted {
+                rejected: vec![(rows[0].clone(), redact_error(&err))],
+                ..Inserted::default()
+            }),
+            Err(err) if is_invalid_data(&err) => {
+                let (left, right) = rows.split_at(rows.len() / 2);
+                let mut a = insert_batch(pool, left).await?;
+                let b = insert_batch(pool, right).await?;
+                a.inserted += b.inserted;
+                a.duplicates += b.duplicates;
+                a.partitions.extend(b.partitions);
+                a.rejected.extend(b.rejected);
+                Ok(a)
+            }
+            Err(err) => Err(err),
+        }
+    })
+}
+
+async fn insert_creating_partitions(
+    pool: &PgPool,
+    rows: &[Heartbeat],
+) -> Result<(u64, Vec<String>), sqlx::Error> {
+    let mut created = Vec::new();
+    let mut attempt = 0;
+    loop {
+        match insert_rows(pool, rows).await {
+            Ok(n) => return Ok((n, created)),
+            Err(err) if is_missing_partition(&err) && attempt < 3 => {
+                attempt += 1;
+                let mut days: Vec<NaiveDate> =
+                    rows.iter().map(|r| r.scheduled_at.date_naive()).collect();
+                days.sort();
+                days.dedup();
+                created.extend(partitions::ensure_days(pool, &days).await?);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn is_missing_partition(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23514") && db.message().contains("no partition"))
+}
+
+/// Data exceptions (22xxx) and integrity violations (23xxx): retrying cannot help.
+fn is_invalid_data(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            (code.starts_with("22") || code.starts_with("23")) && !is_missing_partition(err)
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+const INSERT_SQL: &str = "
+INSERT INTO api_heartbeats (
+    monitor_id, datacenter_id, scheduled_at, executed_at, agent_id, leader_term,
+    status, success, http_status, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms,
+    total_ms, schedule_lag_ms, response_size_bytes, remote_ip, http_version,
+    tls_version, tls_cert_expires_at, redirect_count, error_kind, error_message,
+    response_body)
+SELECT
+    monitor_id, datacenter_id, scheduled_at, executed_at, agent_id, leader_term,
+    status, success, http_status, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms,
+    total_ms, schedule_lag_ms, response_size_bytes, remote_ip::inet, http_version,
+    tls_version, tls_cert_expires_at, redirect_count, error_kind, error_message,
+    response_body
+FROM UNNEST(
+    $1::int4[], $2::int4[], $3::timestamptz[], $4::timestamptz[], $5::int8[], $6::int8[],
+    $7::text[], $8::bool[], $9::int4[], $10::float8[], $11::float8[], $12::float8[],
+    $13::float8[], $14::float8[], $15::float8[], $16::float8[], $17::int8[], $18::text[],
+    $19::text[], $20::text[], $21::timestamptz[], $22::int4[], $23::text[], $24::text[],
+    $25::text[]
+) AS u (
+    monitor_id, datacenter_id, scheduled_at, executed_at, agent_id, leader_term,
+    status, success, http_status, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms,
+    total_ms, schedule_lag_ms, response_size_bytes, remote_ip, http_version,
+    tls_version, tls_cert_expires_at, redirect_count, error_kind, error_message,
+    response_body)
+ON CONFLICT DO NOTHING";
+
+/// Postgres text cannot hold NUL; a probe may have read one from a hostile server.
+fn clean(text: &Option<String>) -> Option<String> {
+    text.as_ref().map(|s| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s.clone()
+        }
+    })
+}
+
+/// One statement for the whole batch: each column travels as one array parameter.
+async fn insert_rows(pool: &PgPool, rows: &[Heartbeat]) -> Result<u64, sqlx::Error> {
+    let n = rows.len();
+    let mut monitor_id = Vec::with_capacity(n);
+    let mut datacenter_id = Vec::with_capacity(n);
+    let mut scheduled_at = Vec::with_capacity(n);
+    let mut executed_at = Vec::with_capacity(n);
+    let mut agent_id = Vec::with_capacity(n);
+    let mut leader_term = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut success = Vec::with_capacity(n);
+    let mut http_status = Vec::with_capacity(n);
+    let mut dns_ms = Vec::with_capacity(n);
+    let mut connect_ms = Vec::with_capacity(n);
+    let mut tls_ms = Vec::with_capacity(n);
+    let mut ttfb_ms = Vec::with_capacity(n);
+    let mut transfer_ms = Vec::with_capacity(n);
+    let mut total_ms = Vec::with_capacity(n);
+    let mut schedule_lag_ms = Vec::with_capacity(n);
+    let mut response_size_bytes = Vec::with_capacity(n);
+    let mut remote_ip = Vec::with_capacity(n);
+    let mut http_version = Vec::with_capacity(n);
+    let mut tls_version = Vec::with_capacity(n);
+    let mut tls_cert_expires_at = Vec::with_capacity(n);
+    let mut redirect_count = Vec::with_capacity(n);
+    let mut error_kind = Vec::with_capacity(n);
+    let mut error_message = Vec::with_capacity(n);
+    let mut response_body = Vec::with_capacity(n);
+    for h in rows {
+        let r = &h.report;
+        monitor_id.push(h.monitor_id);
+        datacenter_id.push(h.datacenter_id);
+        scheduled_at.push(h.scheduled_at);
+        executed_at.push(h.executed_at);
+        agent_id.push(h.agent_id);
+        leader_term.push(h.leader_term);
+        status.push(r.status.as_str());
+        success.push(r.success());
+        http_status.push(r.http_status.map(i32::from));
+        dns_ms.push(r.dns_ms);
+        connect_ms.push(r.connect_ms);
+        tls_ms.push(r.tls_ms);
+        ttfb_ms.push(r.ttfb_ms);
+        transfer_ms.push(r.transfer_ms);
+        total_ms.push(r.total_ms);
+        schedule_lag_ms.push(h.schedule_lag_ms);
+        response_size_bytes.push(
+            r.response_size_bytes
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        );
+        remote_ip.push(r.remote_ip.map(|ip| ip.to_string()));
+        http_version.push(clean(&r.http_version));
+        tls_version.push(clean(&r.tls_version));
+        tls_cert_expires_at.push(r.tls_cert_expires_at);
+        redirect_count.push(i32::try_from(r.redirect_count).unwrap_or(i32::MAX));
+        error_kind.push(r.error_kind.map(|k| k.as_str()));
+        error_message.push(clean(&r.error_message));
+        response_body.push(clean(&r.response_body));
+    }
+    let result = sqlx::query(INSERT_SQL)
+        .bind(monitor_id)
+        .bind(datacenter_id)
+        .bind(scheduled_at)
+        .bind(executed_at)
+        .bind(agent_id)
+        .bind(leader_term)
+        .bind(status)
+        .bind(success)
+        .bind(http_status)
+        .bind(dns_ms)
+        .bind(connect_ms)
+        .bind(tls_ms)
+        .bind(ttfb_ms)
+        .bind(transfer_ms)
+        .bind(total_ms)
+        .bind(schedule_lag_ms)
+        .bind(response_size_bytes)
+        .bind(remote_ip)
+        .bind(http_version)
+        .bind(tls_version)
+        .bind(tls_cert_expires_at)
+        .bind(redirect_count)
+        .bind(error_kind)
+        .bind(error_message)
+        .bind(response_body)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected())
+}
