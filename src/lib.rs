@@ -8,6 +8,7 @@ pub mod check;
 pub mod embedded_postgres;
 pub mod heartbeat;
 pub mod probe;
+pub mod rollup;
 pub mod schedule;
 pub mod storage;
 pub mod telemetry;
