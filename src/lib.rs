@@ -7,6 +7,7 @@
 pub mod check;
 pub mod embedded_postgres;
 pub mod heartbeat;
+pub mod metrics;
 pub mod probe;
 pub mod rollup;
 pub mod schedule;
