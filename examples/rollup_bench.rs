@@ -37,14 +37,17 @@ async fn main() -> anyhow::Result<()> {
             let pg = EmbeddedPostgres::start_temporary().await?;
             let admin = vantage::storage::connect(&pg.url("postgres")).await?;
             // The test cluster is tuned small; give it a production-like cache.
-            sqlx::raw_sql(
-                "ALTER SYSTEM SET shared_buffers = '1GB';
-                 ALTER SYSTEM SET work_mem = '64MB';
-                 ALTER SYSTEM SET max_wal_size = '4GB';
-                 ALTER SYSTEM SET autovacuum = on;",
-            )
-            .execute(&admin)
-            .await?;
+            for setting in [
+                "shared_buffers = '1GB'",
+                "work_mem = '64MB'",
+                "max_wal_size = '4GB'",
+                "autovacuum = on",
+            ] {
+                // ALTER SYSTEM refuses to run in a (multi-statement) transaction.
+                sqlx::raw_sql(&format!("ALTER SYSTEM SET {setting}"))
+                    .execute(&admin)
+                    .await?;
+            }
             admin.close().await;
             pg.stop().await?;
             pg.start().await?;
@@ -248,7 +251,7 @@ async fn seed_hourly(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<()> {
               generate_series(1, 9) d,
               generate_series($1::timestamptz - interval '30 days', $1::timestamptz - interval '1 hour',
                               interval '1 hour') hour,
-              LATERAL (SELECT abs(hashtext(m || '/' || d || '/' || hour::text)) % 1000 AS r) x,
+              LATERAL (SELECT (m * 7919 + d * 104729 + (extract(epoch FROM hour) / 3600)::bigint * 31) % 1000 AS r) x,
               LATERAL (SELECT CASE WHEN x.r < 10 THEN 1 + x.r % 3 ELSE 0 END AS f,
                               (x.r % 20)::float8 AS j) y"
     );
@@ -290,7 +293,7 @@ async fn seed_raw(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<u64> {
                   generate_series(1, 9) d,
                   generate_series($1::timestamptz - interval '59 minutes', $1::timestamptz,
                                   interval '1 minute') slot,
-                  LATERAL (SELECT abs(hashtext(m || '/' || d || '/' || slot::text)) % 1000 AS r) x",
+                  LATERAL (SELECT (m * 7919 + d * 104729 + (extract(epoch FROM slot) / 60)::bigint * 31) % 1000 AS r) x",
         )
         .bind(end)
         .bind(now)

@@ -152,25 +152,25 @@ BEGIN
         d_to := h_to;
     END IF;
 
-    RETURN QUERY
-    WITH m AS (SELECT unnest(monitor_ids) AS id),
-         d AS (SELECT unnest(datacenter_ids) AS id),
-    parts AS (
+    -- EXECUTE plans with the actual values every time: the NULL checks fold away and
+    -- the id lists become constants the planner can use against the primary keys.
+    RETURN QUERY EXECUTE $q$
+    WITH parts AS (
         SELECT r.monitor_id, r.datacenter_id,
                r.probes::bigint AS probes, r.successes::bigint AS successes,
                r.up_count::bigint AS up_count, r.warning_count::bigint AS warning_count,
                r.critical_count::bigint AS critical_count, r.down_count::bigint AS down_count
         FROM api_heartbeats_daily r
-        WHERE r.day >= d_from AND r.day < d_to
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
+        WHERE r.day >= $3 AND r.day < $4
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
         UNION ALL
         SELECT r.monitor_id, r.datacenter_id, r.probes, r.successes,
                r.up_count, r.warning_count, r.critical_count, r.down_count
         FROM api_heartbeats_hourly r
-        WHERE ((r.hour >= h_from AND r.hour < d_from) OR (r.hour >= d_to AND r.hour < h_to))
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
+        WHERE ((r.hour >= $5 AND r.hour < $3) OR (r.hour >= $4 AND r.hour < $6))
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
         UNION ALL
         SELECT r.monitor_id, r.datacenter_id, count(*), count(*) FILTER (WHERE r.success),
                count(*) FILTER (WHERE r.status = 'up'),
@@ -178,10 +178,10 @@ BEGIN
                count(*) FILTER (WHERE r.status = 'critical'),
                count(*) FILTER (WHERE r.status = 'down')
         FROM api_heartbeats r
-        WHERE ((r.scheduled_at >= from_ts AND r.scheduled_at < h_from)
-               OR (r.scheduled_at >= h_to AND r.scheduled_at < to_ts))
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
+        WHERE ((r.scheduled_at >= $7 AND r.scheduled_at < $5)
+               OR (r.scheduled_at >= $6 AND r.scheduled_at < $8))
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
         GROUP BY r.monitor_id, r.datacenter_id
     )
     SELECT p.monitor_id, p.datacenter_id,
@@ -189,7 +189,8 @@ BEGIN
            sum(p.up_count)::bigint, sum(p.warning_count)::bigint,
            sum(p.critical_count)::bigint, sum(p.down_count)::bigint
     FROM parts p
-    GROUP BY p.monitor_id, p.datacenter_id;
+    GROUP BY p.monitor_id, p.datacenter_id
+    $q$ USING monitor_ids, datacenter_ids, d_from, d_to, h_from, h_to, from_ts, to_ts;
 END
 $$;
 
@@ -235,10 +236,8 @@ BEGIN
         bucket := interval '1 minute';
     END IF;
     IF to_ts - from_ts <= interval '1 day' THEN
-        RETURN QUERY
-        WITH m AS (SELECT unnest(monitor_ids) AS id),
-             d AS (SELECT unnest(datacenter_ids) AS id)
-        SELECT date_bin(bucket, r.scheduled_at, origin), r.monitor_id, r.datacenter_id,
+        RETURN QUERY EXECUTE $q$
+        SELECT date_bin($3, r.scheduled_at, $4), r.monitor_id, r.datacenter_id,
                count(*), count(*) FILTER (WHERE r.success),
                count(*) FILTER (WHERE r.status = 'up'),
                count(*) FILTER (WHERE r.status = 'warning'),
@@ -256,16 +255,15 @@ BEGIN
                max(r.total_ms) FILTER (WHERE r.success),
                avg(r.schedule_lag_ms), max(r.schedule_lag_ms)
         FROM api_heartbeats r
-        WHERE r.scheduled_at >= from_ts AND r.scheduled_at < to_ts
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
-        GROUP BY 1, 2, 3;
+        WHERE r.scheduled_at >= $5 AND r.scheduled_at < $6
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
+        GROUP BY 1, 2, 3
+        $q$ USING monitor_ids, datacenter_ids, bucket, origin, from_ts, to_ts;
     ELSE
         bucket := greatest(bucket, interval '1 hour');
-        RETURN QUERY
-        WITH m AS (SELECT unnest(monitor_ids) AS id),
-             d AS (SELECT unnest(datacenter_ids) AS id)
-        SELECT date_bin(bucket, r.hour, origin), r.monitor_id, r.datacenter_id,
+        RETURN QUERY EXECUTE $q$
+        SELECT date_bin($3, r.hour, $4), r.monitor_id, r.datacenter_id,
                sum(r.probes)::bigint, sum(r.successes)::bigint,
                sum(r.up_count)::bigint, sum(r.warning_count)::bigint,
                sum(r.critical_count)::bigint, sum(r.down_count)::bigint,
@@ -282,10 +280,11 @@ BEGIN
                sum(r.schedule_lag_ms_sum) / nullif(sum(r.schedule_lag_ms_count), 0),
                max(r.schedule_lag_ms_max)
         FROM api_heartbeats_hourly r
-        WHERE r.hour >= date_trunc('hour', from_ts, 'UTC') AND r.hour < to_ts
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
-        GROUP BY 1, 2, 3;
+        WHERE r.hour >= date_trunc('hour', $5, 'UTC') AND r.hour < $6
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
+        GROUP BY 1, 2, 3
+        $q$ USING monitor_ids, datacenter_ids, bucket, origin, from_ts, to_ts;
     END IF;
 END
 $$;
@@ -308,31 +307,29 @@ BEGIN
         bucket := interval '1 minute';
     END IF;
     IF to_ts - from_ts <= interval '1 day' THEN
-        RETURN QUERY
-        WITH m AS (SELECT unnest(monitor_ids) AS id),
-             d AS (SELECT unnest(datacenter_ids) AS id)
-        SELECT date_bin(bucket, r.scheduled_at, origin), r.monitor_id, r.datacenter_id,
+        RETURN QUERY EXECUTE $q$
+        SELECT date_bin($3, r.scheduled_at, $4), r.monitor_id, r.datacenter_id,
                r.error_kind, count(*)
         FROM api_heartbeats r
-        WHERE r.scheduled_at >= from_ts AND r.scheduled_at < to_ts
+        WHERE r.scheduled_at >= $5 AND r.scheduled_at < $6
           AND r.error_kind IS NOT NULL
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
-        GROUP BY 1, 2, 3, 4;
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
+        GROUP BY 1, 2, 3, 4
+        $q$ USING monitor_ids, datacenter_ids, bucket, origin, from_ts, to_ts;
     ELSE
         bucket := greatest(bucket, interval '1 hour');
-        RETURN QUERY
-        WITH m AS (SELECT unnest(monitor_ids) AS id),
-             d AS (SELECT unnest(datacenter_ids) AS id)
-        SELECT date_bin(bucket, r.hour, origin), r.monitor_id, r.datacenter_id,
+        RETURN QUERY EXECUTE $q$
+        SELECT date_bin($3, r.hour, $4), r.monitor_id, r.datacenter_id,
                e.key, sum(e.value::bigint)::bigint
         FROM api_heartbeats_hourly r
         CROSS JOIN LATERAL jsonb_each_text(r.errors) e
-        WHERE r.hour >= date_trunc('hour', from_ts, 'UTC') AND r.hour < to_ts
+        WHERE r.hour >= date_trunc('hour', $5, 'UTC') AND r.hour < $6
           AND r.errors <> '{}'
-          AND (monitor_ids IS NULL OR r.monitor_id IN (SELECT id FROM m))
-          AND (datacenter_ids IS NULL OR r.datacenter_id IN (SELECT id FROM d))
-        GROUP BY 1, 2, 3, 4;
+          AND ($1 IS NULL OR r.monitor_id = ANY ($1))
+          AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
+        GROUP BY 1, 2, 3, 4
+        $q$ USING monitor_ids, datacenter_ids, bucket, origin, from_ts, to_ts;
     END IF;
 END
 $$;
