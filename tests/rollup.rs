@@ -100,8 +100,25 @@ async fn hourly_rows_match_the_raw_heartbeats() {
     let _ = now;
 }
 
+/// The window `vantage_status_counts` promises for a range: exact up to a day, whole
+/// hours up to a week, whole UTC days beyond.
+fn promised_window(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let widen = |unit: TimeDelta| {
+        let lo = from.duration_trunc(unit).unwrap();
+        let hi = to.duration_trunc(unit).unwrap();
+        (lo, if hi < to { hi + unit } else { hi })
+    };
+    if to - from <= TimeDelta::days(1) {
+        (from, to)
+    } else if to - from <= TimeDelta::days(7) {
+        widen(TimeDelta::hours(1))
+    } else {
+        widen(TimeDelta::days(1))
+    }
+}
+
 #[tokio::test]
-async fn status_counts_are_exact_for_ranges_that_do_not_align_with_hours_or_days() {
+async fn status_counts_match_the_raw_heartbeats_at_the_precision_they_promise() {
     let db = TestDb::fresh().await;
     let now = seed(&db.pool).await;
     rollup::refresh(&db.pool, Duration::from_secs(4 * 86_400))
@@ -111,25 +128,36 @@ async fn status_counts_are_exact_for_ranges_that_do_not_align_with_hours_or_days
         (now - TimeDelta::minutes(17), now),
         (now - TimeDelta::minutes(150) - TimeDelta::seconds(7), now),
         (
+            now - TimeDelta::hours(23) - TimeDelta::minutes(5),
+            now - TimeDelta::minutes(3),
+        ),
+        (
             now - TimeDelta::days(2) - TimeDelta::minutes(133),
             now - TimeDelta::minutes(42),
         ),
         (now - TimeDelta::days(5), now + TimeDelta::hours(1)),
+        (now - TimeDelta::days(10) - TimeDelta::minutes(7), now),
     ];
     for (from, to) in ranges {
+        let (lo, hi) = promised_window(from, to);
         let (via_rollups, raw): (i64, i64) = sqlx::query_as(
             "SELECT
-                 (SELECT sum(probes * 1000 + successes)::bigint
+                 (SELECT coalesce(sum(probes * 1000 + successes), 0)::bigint
                   FROM vantage_status_counts($1, $2)),
                  (SELECT (count(*) * 1000 + count(*) FILTER (WHERE success))::bigint
-                  FROM api_heartbeats WHERE scheduled_at >= $1 AND scheduled_at < $2)",
+                  FROM api_heartbeats WHERE scheduled_at >= $3 AND scheduled_at < $4)",
         )
         .bind(from)
         .bind(to)
+        .bind(lo)
+        .bind(hi)
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        assert_eq!(via_rollups, raw, "range {from} .. {to}");
+        assert_eq!(
+            via_rollups, raw,
+            "range {from} .. {to} (promised {lo} .. {hi})"
+        );
     }
 }
 

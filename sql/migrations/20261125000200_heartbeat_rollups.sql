@@ -106,11 +106,15 @@ CREATE INDEX api_heartbeats_daily_day_idx ON api_heartbeats_daily (day);
 -- runs this migration.
 GRANT SELECT ON api_heartbeats_hourly, api_heartbeats_daily TO vantage_reader;
 
--- Probe counts per monitor and datacenter for scheduled_at in [from_ts, to_ts), exact:
--- whole UTC days come from api_heartbeats_daily, the remaining whole hours from
--- api_heartbeats_hourly, and the partial hours at both ends from api_heartbeats.
+-- Probe counts per monitor and datacenter for scheduled_at in [from_ts, to_ts): whole
+-- UTC days come from api_heartbeats_daily, the remaining whole hours from
+-- api_heartbeats_hourly, the partial hours at the ends from api_heartbeats. Precision
+-- follows the range, so that a month over thousands of monitors stays fast:
+--   up to 1 day   exact (raw rows at the ends)
+--   up to 7 days  the ends widen to whole hours (no raw rows)
+--   longer        the ends widen to whole UTC days (daily rows only)
 -- NULL monitor_ids / datacenter_ids mean all. Rollups are as fresh as the last
--- refresh; the partial hour at the end of a range (usually "now") is always raw.
+-- refresh.
 CREATE FUNCTION vantage_status_counts(
     from_ts timestamptz,
     to_ts timestamptz,
@@ -133,7 +137,35 @@ DECLARE
     d_from timestamptz;
     d_to   timestamptz;
 BEGIN
-    IF h_from < from_ts THEN
+    -- Grafana's "All" lists every id: read everything instead of testing each row
+    -- against a thousand-element list.
+    IF monitor_ids @> (SELECT coalesce(array_agg(id), '{}') FROM api_monitors) THEN
+        monitor_ids := NULL;
+    END IF;
+    IF datacenter_ids @> (SELECT coalesce(array_agg(id), '{}') FROM datacenters) THEN
+        datacenter_ids := NULL;
+    END IF;
+    IF to_ts - from_ts > interval '7 days' THEN
+        -- Weeks and months: the ends widen to whole UTC days and only the daily table
+        -- is read (today's row is as fresh as the last refresh). 30 days of 9,000
+        -- series is then 270,000 narrow rows.
+        h_from := date_trunc('day', from_ts, 'UTC');
+        h_to := date_trunc('day', to_ts, 'UTC');
+        IF h_to < to_ts THEN
+            h_to := h_to + interval '1 day';
+        END IF;
+        from_ts := h_from;
+        to_ts := h_to;
+    ELSIF to_ts - from_ts > interval '1 day' THEN
+        -- A long range: whole hours are precise enough, and reading no raw rows keeps
+        -- 30 days over thousands of monitors fast. The ends widen to whole hours; the
+        -- newest hour is as fresh as the last refresh.
+        IF h_to < to_ts THEN
+            h_to := h_to + interval '1 hour';
+        END IF;
+        from_ts := h_from;
+        to_ts := h_to;
+    ELSIF h_from < from_ts THEN
         h_from := h_from + interval '1 hour';
     END IF;
     IF h_from >= h_to THEN
@@ -156,21 +188,24 @@ BEGIN
     -- the id lists become constants the planner can use against the primary keys.
     RETURN QUERY EXECUTE $q$
     WITH parts AS (
+        -- Each source is summed per series first, so the final merge is small.
         SELECT r.monitor_id, r.datacenter_id,
-               r.probes::bigint AS probes, r.successes::bigint AS successes,
-               r.up_count::bigint AS up_count, r.warning_count::bigint AS warning_count,
-               r.critical_count::bigint AS critical_count, r.down_count::bigint AS down_count
+               sum(r.probes)::bigint AS probes, sum(r.successes)::bigint AS successes,
+               sum(r.up_count)::bigint AS up_count, sum(r.warning_count)::bigint AS warning_count,
+               sum(r.critical_count)::bigint AS critical_count, sum(r.down_count)::bigint AS down_count
         FROM api_heartbeats_daily r
         WHERE r.day >= $3 AND r.day < $4
           AND ($1 IS NULL OR r.monitor_id = ANY ($1))
           AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
+        GROUP BY r.monitor_id, r.datacenter_id
         UNION ALL
-        SELECT r.monitor_id, r.datacenter_id, r.probes, r.successes,
-               r.up_count, r.warning_count, r.critical_count, r.down_count
+        SELECT r.monitor_id, r.datacenter_id, sum(r.probes), sum(r.successes),
+               sum(r.up_count), sum(r.warning_count), sum(r.critical_count), sum(r.down_count)
         FROM api_heartbeats_hourly r
         WHERE ((r.hour >= $5 AND r.hour < $3) OR (r.hour >= $4 AND r.hour < $6))
           AND ($1 IS NULL OR r.monitor_id = ANY ($1))
           AND ($2 IS NULL OR r.datacenter_id = ANY ($2))
+        GROUP BY r.monitor_id, r.datacenter_id
         UNION ALL
         SELECT r.monitor_id, r.datacenter_id, count(*), count(*) FILTER (WHERE r.success),
                count(*) FILTER (WHERE r.status = 'up'),
