@@ -1,0 +1,407 @@
+//! Prometheus metrics of one `vantage run` instance, served as text on `/metrics`.
+//!
+//! One [`Metrics`] value per process holds every family; the parts of the program
+//! report into it through small methods (a probe finished, leadership changed, the
+//! writer flushed a batch, the configuration was reloaded) and the HTTP route renders
+//! it with [`Metrics::render`]. Names follow Prometheus conventions: a `vantage_`
+//! prefix, base units (seconds), `_total` on counters.
+//!
+//! Latency histograms cover successful probes only, like the rollups: a failed probe's
+//! duration is the time until it failed (often the timeout) and would drown the
+//! latency of the answers; failures are counted in `vantage_probes_total` by
+//! `error_kind`.
+//!
+//! The exposition is OpenMetrics text ([`CONTENT_TYPE`]), which Prometheus scrapes
+//! natively. `prometheus-client` has no TLS or HTTP dependencies, so it adds no second
+//! rustls crypto provider to the binary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::probe::ProbeReport;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    datacenter: String,
+    status: &'static str,
+    /// `none` for a successful probe.
+    error_kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    datacenter: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatacenterLabels {
+    datacenter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// How a configuration reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Loaded and applied (changed or not).
+    Ok,
+    /// The database could not be read or a row was rejected; the old config stays.
+    Error,
+}
+
+impl ReloadResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// 1 ms .. ~33 s in powers of two: DNS on a LAN to a probe hitting its timeout.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric family of the process.
+pub struct Metrics {
+    registry: Registry,
+    probes: Family<ProbeLabels, Counter>,
+    phase_duration: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    schedule_lag: Histogram,
+    leader: Family<DatacenterLabels, Gauge>,
+    leader_term: Family<DatacenterLabels, Gauge>,
+    writer_batch_rows: Histogram,
+    writer_insert_duration: Histogram,
+    writer_buffered_rows: Gauge,
+    writer_spooled_rows: Gauge,
+    config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+
+        let probes = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "vantage_probes",
+            "Probes finished, by datacenter, status (up, warning, critical, down) and error kind",
+            probes.clone(),
+        );
+        let phase_duration =
+            Family::<PhaseLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register_with_unit(
+            "vantage_probe_phase_duration",
+            "Duration of each phase (dns, connect, tls, ttfb, transfer, total) of successful probes",
+            Unit::Seconds,
+            phase_duration.clone(),
+        );
+        let schedule_lag = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register_with_unit(
+            "vantage_schedule_lag",
+            "How late probes started after their scheduled slot",
+            Unit::Seconds,
+            schedule_lag.clone(),
+        );
+        let leader = Family::<DatacenterLabels, Gauge>::default();
+        registry.register(
+            "vantage_leader",
+            "1 while this instance leads its datacenter (holds the advisory lock), else 0",
+            leader.clone(),
+        );
+        let leader_term = Family::<DatacenterLabels, Gauge>::default();
+        registry.register(
+            "vantage_leader_term",
+            "The leadership term (fencing token) this instance last acquired",
+            leader_term.clone(),
+        );
+        let writer_batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "vantage_writer_batch_rows",
+            "Heartbeats per batch the writer inserted",
+            writer_batch_rows.clone(),
+        );
+        let writer_insert_duration = duration_histogram();
+        registry.register_with_unit(
+            "vantage_writer_insert_duration",
+            "Time to insert one batch of heartbeats",
+            Unit::Seconds,
+            writer_insert_duration.clone(),
+        );
+        let writer_buffered_rows = Gauge::default();
+        registry.register(
+            "vantage_writer_buffered_rows",
+            "Heartbeats waiting in memory for the next insert",
+            writer_buffered_rows.clone(),
+        );
+        let writer_spooled_rows = Gauge::default();
+        registry.register(
+            "vantage_writer_spooled_rows",
+            "Heartbeats in the on-disk spool, waiting for the database to come back",
+            writer_spooled_rows.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "vantage_config_reloads",
+            "Configuration reloads from the database, by result (ok, error)",
+            config_reloads.clone(),
+        );
+
+        Arc::new(Metrics {
+            registry,
+            probes,
+            phase_duration,
+            schedule_lag,
+            leader,
+            leader_term,
+            writer_batch_rows,
+            writer_insert_duration,
+            writer_buffered_rows,
+            writer_spooled_rows,
+            config_reloads,
+        })
+    }
+
+    /// Counts a finished probe and, when it succeeded, records its phases.
+    pub fn observe_probe(&self, datacenter: &str, report: &ProbeReport) {
+        self.probes
+            .get_or_create(&ProbeLabels {
+                datacenter: datacenter.to_string(),
+                status: report.status.as_str(),
+                error_kind: report.error_kind.map_or("none", |k| k.as_str()),
+            })
+            .inc();
+        if !report.success() {
+            return;
+        }
+        let phases = [
+            ("dns", report.dns_ms),
+            ("connect", report.connect_ms),
+            ("tls", report.tls_ms),
+            ("ttfb", report.ttfb_ms),
+            ("transfer", report.transfer_ms),
+            ("total", Some(report.total_ms)),
+        ];
+        for (phase, ms) in phases {
+            // A phase that did not happen (no TLS over http://) is not a zero.
+            if let Some(ms) = ms {
+                self.phase_duration
+                    .get_or_create(&PhaseLabels {
+                        datacenter: datacenter.to_string(),
+                        phase,
+                    })
+                    .observe(ms / 1000.0);
+            }
+        }
+    }
+
+    /// Records how late a probe started after its slot.
+    pub fn observe_lag(&self, lag: Duration) {
+        self.schedule_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Leadership changed: `term` is the term just acquired (kept when leadership is
+    /// lost, so the last term stays visible). Call it once at start with `false` too:
+    /// a labelled family appears in the output only once it has a value, and "no
+    /// leader here" is worth seeing.
+    pub fn set_leader(&self, datacenter: &str, is_leader: bool, term: Option<i64>) {
+        let labels = DatacenterLabels {
+            datacenter: datacenter.to_string(),
+        };
+        self.leader.get_or_create(&labels).set(i64::from(is_leader));
+        if let Some(term) = term {
+            self.leader_term.get_or_create(&labels).set(term);
+        }
+    }
+
+    /// The writer inserted a batch of `rows` heartbeats in `took`.
+    pub fn observe_writer_batch(&self, rows: usize, took: Duration) {
+        self.writer_batch_rows.observe(rows as f64);
+        self.writer_insert_duration.observe(took.as_secs_f64());
+    }
+
+    /// The writer's backlog: rows in memory and rows in the on-disk spool.
+    pub fn set_writer_backlog(&self, buffered: u64, spooled: u64) {
+        self.writer_buffered_rows
+            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        self.writer_spooled_rows
+            .set(i64::try_from(spooled).unwrap_or(i64::MAX));
+    }
+
+    pub fn config_reloaded(&self, result: ReloadResult) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// The exposition, in OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding into a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{ErrorKind, ProbeStatus};
+
+    fn report(status: ProbeStatus, error_kind: Option<ErrorKind>) -> ProbeReport {
+        ProbeReport {
+            status,
+            http_status: Some(200),
+            dns_ms: Some(1.5),
+            connect_ms: Some(10.0),
+            tls_ms: None,
+            ttfb_ms: Some(40.0),
+            transfer_ms: Some(2.0),
+            total_ms: 53.5,
+            response_size_bytes: None,
+            remote_ip: None,
+            http_version: None,
+            tls_version: None,
+            tls_cert_expires_at: None,
+            redirect_count: 0,
+            error_kind,
+            error_message: None,
+            response_body: None,
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn probes_are_counted_by_datacenter_status_and_error_kind() {
+        let m = Metrics::new();
+        m.observe_probe("va", &report(ProbeStatus::Up, None));
+        m.observe_probe("va", &report(ProbeStatus::Up, None));
+        m.observe_probe(
+            "va",
+            &report(ProbeStatus::Down, Some(ErrorKind::ConnectRefused)),
+        );
+        let text = m.render();
+        assert!(text.contains("# TYPE vantage_probes counter"), "{text}");
+        assert_eq!(
+            line(
+                &text,
+                r#"vantage_probes_total{datacenter="va",status="up",error_kind="none"}"#
+            ),
+            Some(r#"vantage_probes_total{datacenter="va",status="up",error_kind="none"} 2"#)
+        );
+        assert!(text.contains(
+            r#"vantage_probes_total{datacenter="va",status="down",error_kind="connect_refused"} 1"#
+        ));
+    }
+
+    #[test]
+    fn phases_of_successful_probes_are_seconds_and_missing_phases_are_absent() {
+        let m = Metrics::new();
+        m.observe_probe("lon", &report(ProbeStatus::Up, None));
+        // A failure adds nothing to the latency histograms.
+        m.observe_probe("lon", &report(ProbeStatus::Down, Some(ErrorKind::Timeout)));
+        let text = m.render();
+        assert!(text.contains("# TYPE vantage_probe_phase_duration_seconds histogram"));
+        assert!(text.contains("# UNIT vantage_probe_phase_duration_seconds seconds"));
+        assert!(text.contains(
+            r#"vantage_probe_phase_duration_seconds_sum{datacenter="lon",phase="ttfb"} 0.04"#
+        ));
+        assert!(text.contains(
+            r#"vantage_probe_phase_duration_seconds_count{datacenter="lon",phase="total"} 1"#
+        ));
+        // 53.5 ms falls in the 64 ms bucket, not the 32 ms one.
+        assert!(text.contains(
+            r#"vantage_probe_phase_duration_seconds_bucket{le="0.032",datacenter="lon",phase="total"} 0"#
+        ));
+        assert!(text.contains(
+            r#"vantage_probe_phase_duration_seconds_bucket{le="0.064",datacenter="lon",phase="total"} 1"#
+        ));
+        assert!(!text.contains(r#"phase="tls""#), "no TLS over http://");
+    }
+
+    #[test]
+    fn leadership_lag_writer_and_reloads_are_exposed() {
+        let m = Metrics::new();
+        m.set_leader("syd", true, Some(7));
+        m.set_leader("syd", false, None);
+        m.observe_lag(Duration::from_millis(12));
+        m.observe_writer_batch(500, Duration::from_millis(8));
+        m.set_writer_backlog(42, 1000);
+        m.config_reloaded(ReloadResult::Ok);
+        m.config_reloaded(ReloadResult::Error);
+        m.config_reloaded(ReloadResult::Ok);
+        let text = m.render();
+        for expected in [
+            r#"vantage_leader{datacenter="syd"} 0"#,
+            r#"vantage_leader_term{datacenter="syd"} 7"#,
+            "vantage_schedule_lag_seconds_count 1",
+            "vantage_writer_batch_rows_sum 500.0",
+            "vantage_writer_insert_duration_seconds_count 1",
+            "vantage_writer_buffered_rows 42",
+            "vantage_writer_spooled_rows 1000",
+            r#"vantage_config_reloads_total{result="ok"} 2"#,
+            r#"vantage_config_reloads_total{result="error"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_family_follows_the_naming_conventions() {
+        let m = Metrics::new();
+        // A labelled family shows up once it has a child.
+        m.observe_probe("va", &report(ProbeStatus::Up, None));
+        m.set_leader("va", true, Some(1));
+        m.config_reloaded(ReloadResult::Ok);
+        let text = m.render();
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split_once(' ').unwrap())
+            .collect();
+        assert_eq!(families.len(), 10, "{families:?}");
+        for (name, kind) in families {
+            assert!(name.starts_with("vantage_"), "{name}");
+            assert!(
+                !name.contains("_ms") && !name.contains("millis"),
+                "{name}: base units"
+            );
+            if name.contains("duration") || name.contains("lag") {
+                assert!(name.ends_with("_seconds"), "{name}: seconds");
+            }
+            // OpenMetrics names counter families without _total; samples carry it.
+            if kind == "counter" {
+                assert!(text.contains(&format!("\n{name}_total{{")), "{name}_total");
+            }
+        }
+    }
+}
