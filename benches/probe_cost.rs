@@ -199,7 +199,7 @@ async fn run(
             let (tls_us, total_us) = (tls_us.clone(), total_us.clone());
             tokio::spawn(async move {
                 while issued.fetch_add(1, Ordering::Relaxed) < count
-                    && stop_at.map_or(true, |t| Instant::now() < t)
+                    && stop_at.is_none_or(|t| Instant::now() < t)
                 {
                     let report = prober.probe(&monitor).await;
                     if report.status != ProbeStatus::Up {

@@ -64,17 +64,22 @@ async fn run(monitors: u64, interval_s: u64, seconds: u64, url: &str) -> anyhow:
         warning_ms: None,
         critical_ms: None,
     })?);
-    let lags = Arc::new(Mutex::new(Vec::<f64>::with_capacity(
-        (monitors * seconds / interval_s + monitors) as usize,
-    )));
+    let fires = Arc::new(Mutex::new(
+        Vec::<(chrono::DateTime<Utc>, f64)>::with_capacity(
+            (monitors * seconds / interval_s + monitors) as usize,
+        ),
+    ));
     let failures = Arc::new(AtomicU64::new(0));
     let tracker = TaskTracker::new();
     let scheduler = {
-        let (prober, lags, failures) = (prober.clone(), lags.clone(), failures.clone());
+        let (prober, fires, failures) = (prober.clone(), fires.clone(), failures.clone());
         Scheduler::new(1024, tracker.clone(), move |fire: Fire<HttpMonitor>| {
-            let (prober, lags, failures) = (prober.clone(), lags.clone(), failures.clone());
+            let (prober, fires, failures) = (prober.clone(), fires.clone(), failures.clone());
             async move {
-                lags.lock().unwrap().push(fire.lag.as_secs_f64() * 1000.0);
+                fires
+                    .lock()
+                    .unwrap()
+                    .push((fire.slot, fire.lag.as_secs_f64() * 1000.0));
                 if !prober.probe(&fire.payload).await.success() {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -101,34 +106,37 @@ async fn run(monitors: u64, interval_s: u64, seconds: u64, url: &str) -> anyhow:
     let stop = CancellationToken::new();
     let run = tokio::spawn(scheduler.run(stop.clone()));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let stopped_wall = Utc::now();
     stop.cancel();
     run.await?;
-    let ended_wall = Utc::now();
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     tracker.close();
     tracker.wait().await;
 
-    // Slots that fell inside the window, computed from the same grid.
+    // Slots inside the window, computed from the same grid. The window ends 100 ms before
+    // the stop, so a slot due in the instant of stopping is not counted as skipped.
+    let window_end = stopped_wall - chrono::Duration::milliseconds(100);
     let expected: u64 = (1..=monitors as i32)
         .map(|id| {
             let mut count = 0;
             let mut slot = cadence.next_slot_after(id, started_wall).unwrap();
-            while slot < ended_wall {
+            while slot < window_end {
                 count += 1;
                 slot = cadence.next_slot_after(id, slot).unwrap();
             }
             count
         })
         .sum();
-    let mut lags = lags.lock().unwrap().clone();
+    let fires = fires.lock().unwrap().clone();
+    let fired_in_window = fires.iter().filter(|(slot, _)| *slot < window_end).count();
+    let mut lags: Vec<f64> = fires.iter().map(|(_, lag)| *lag).collect();
     lags.sort_by(f64::total_cmp);
     let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     let stats = handle.stats();
     println!("scheduler_lag: {monitors} monitors every {interval_s} s for {seconds} s, each slot a fresh-connection HTTP GET to {url} (target in another process)");
     println!(
-        "  slots fired {} of {expected} in the window (skipped late {}, skipped saturated {}), probe failures {}",
-        lags.len(),
+        "  slots fired {fired_in_window} of {expected} due in the window (skipped late {}, skipped saturated {}), probe failures {}",
         stats.skipped_late.load(Ordering::Relaxed),
         stats.skipped_saturated.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed)

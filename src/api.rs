@@ -1,5 +1,6 @@
 //! The instance's HTTP endpoints on `VANTAGE_LISTEN`: `/healthz` (the process is alive),
-//! `/readyz` (the database answers), `/status` (what this instance is doing, as JSON).
+//! `/readyz` (the database answers), `/status` (what this instance is doing, as JSON),
+//! `/metrics` (Prometheus).
 //! Read-only views of state owned elsewhere; nothing here changes that state.
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Leadership;
+use crate::metrics::{self, Metrics};
 use crate::storage::WriterStats;
 
 /// How long `/readyz` waits for the database before answering 503.
@@ -33,6 +35,7 @@ pub struct InstanceView {
     pub leadership: watch::Receiver<Leadership>,
     pub monitors_scheduled: Arc<AtomicUsize>,
     pub writer: Arc<WriterStats>,
+    pub metrics: Arc<Metrics>,
     pub pool: PgPool,
 }
 
@@ -84,6 +87,7 @@ pub fn router(view: InstanceView) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(prometheus))
         .with_state(view)
 }
 
@@ -116,4 +120,19 @@ async fn readyz(State(view): State<InstanceView>) -> impl IntoResponse {
 
 async fn status(State(view): State<InstanceView>) -> Json<StatusBody> {
     Json(view.status())
+}
+
+/// Gauges owned elsewhere (leadership, writer backlog) are read at scrape time, so they
+/// are never stale and need no task of their own.
+async fn prometheus(State(view): State<InstanceView>) -> impl IntoResponse {
+    let leadership = *view.leadership.borrow();
+    view.metrics
+        .set_leader(&view.datacenter, leadership.is_leader(), leadership.term());
+    let writer = view.writer.snapshot();
+    view.metrics
+        .set_writer_backlog(writer.buffered_rows, writer.spooled_rows);
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        view.metrics.render(),
+    )
 }

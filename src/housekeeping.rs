@@ -1,8 +1,10 @@
-//! The leader's housekeeping: daily heartbeat partitions created ahead of time and
-//! partitions past retention dropped. Only the datacenter's leader runs it, once right
-//! after it is elected (a new leader catches up at once) and then hourly on
-//! tokio-cron-scheduler, whose coarse timing is fine for this. Monitor slots are *not*
-//! scheduled here (see `schedule`). It calls into `storage`; it owns no SQL itself.
+//! The leader's housekeeping: daily heartbeat partitions created ahead of time,
+//! partitions past retention dropped, and this datacenter's hourly/daily rollups kept
+//! current (late heartbeats included, through the rollup's lookback). Only the
+//! datacenter's leader runs it, once right after it is elected (a new leader catches up
+//! at once) and then on tokio-cron-scheduler, whose coarse timing is fine for this.
+//! Monitor slots are *not* scheduled here (see `schedule`). It calls into `storage` and
+//! `rollup`; it owns no SQL itself.
 
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -11,6 +13,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Leadership;
+use crate::rollup;
 use crate::storage::partitions;
 
 /// Days of partitions kept ready beyond today, so inserts never wait on DDL.
@@ -18,38 +21,83 @@ pub const PARTITION_DAYS_AHEAD: u32 = 7;
 
 /// Hourly, at minute 7: idempotent, so running more often than daily only narrows the
 /// window in which a failed run matters.
-const HOUSEKEEPING_CRON: &str = "0 7 * * * *";
+const PARTITIONS_CRON: &str = "0 7 * * * *";
 
-/// One pass. Safe to run from several instances at once.
-pub async fn run_once(pool: &PgPool, retention_days: u32) -> Result<(), sqlx::Error> {
-    let created = partitions::ensure_ahead(pool, PARTITION_DAYS_AHEAD).await?;
-    let dropped = partitions::drop_older_than(pool, retention_days).await?;
-    if !created.is_empty() || !dropped.is_empty() {
-        tracing::info!(?created, ?dropped, "housekeeping: partitions updated");
-    }
-    Ok(())
+/// Every five minutes: dashboards over long ranges read the rollups, so they lag the
+/// raw heartbeats by at most this much.
+const ROLLUPS_CRON: &str = "30 */5 * * * *";
+
+/// What one leader looks after.
+#[derive(Clone)]
+struct Chores {
+    pool: PgPool,
+    datacenter_id: i32,
+    retention_days: u32,
 }
 
+impl Chores {
+    async fn partitions(&self) {
+        let result = async {
+            let created = partitions::ensure_ahead(&self.pool, PARTITION_DAYS_AHEAD).await?;
+            let dropped = partitions::drop_older_than(&self.pool, self.retention_days).await?;
+            Ok::<_, sqlx::Error>((created, dropped))
+        }
+        .await;
+        match result {
+            Ok((created, dropped)) if !created.is_empty() || !dropped.is_empty() => {
+                tracing::info!(?created, ?dropped, "housekeeping: partitions updated");
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "partition housekeeping failed; it runs again within the hour")
+            }
+        }
+    }
+
+    async fn rollups(&self) {
+        let refreshed =
+            rollup::refresh_datacenter(&self.pool, self.datacenter_id, rollup::DEFAULT_LOOKBACK)
+                .await;
+        match refreshed {
+            Ok(rows) => tracing::debug!(rows, "housekeeping: rollups refreshed"),
+            Err(err) => {
+                tracing::warn!(error = %err, "rollup refresh failed; it runs again within five minutes")
+            }
+        }
+    }
+}
+
+/// Runs the chores while this instance leads, until `shutdown`.
 pub async fn spawn(
     pool: PgPool,
+    datacenter_id: i32,
     mut leadership: watch::Receiver<Leadership>,
     retention_days: u32,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let chores = Chores {
+        pool,
+        datacenter_id,
+        retention_days,
+    };
     let mut scheduler = JobScheduler::new().await?;
-    let job_pool = pool.clone();
-    let job_leadership = leadership.clone();
-    scheduler
-        .add(Job::new_async(HOUSEKEEPING_CRON, move |_, _| {
-            let pool = job_pool.clone();
-            let leading = job_leadership.borrow().is_leader();
-            Box::pin(async move {
-                if leading {
-                    report(run_once(&pool, retention_days).await);
-                }
-            })
-        })?)
-        .await?;
+    for (cron, rollups) in [(PARTITIONS_CRON, false), (ROLLUPS_CRON, true)] {
+        let chores = chores.clone();
+        let leadership = leadership.clone();
+        scheduler
+            .add(Job::new_async(cron, move |_, _| {
+                let chores = chores.clone();
+                let leading = leadership.borrow().is_leader();
+                Box::pin(async move {
+                    match (leading, rollups) {
+                        (false, _) => {}
+                        (true, false) => chores.partitions().await,
+                        (true, true) => chores.rollups().await,
+                    }
+                })
+            })?)
+            .await?;
+    }
     scheduler.start().await?;
     Ok(tokio::spawn(async move {
         loop {
@@ -61,7 +109,8 @@ pub async fn spawn(
             if !elected {
                 break;
             }
-            report(run_once(&pool, retention_days).await);
+            chores.partitions().await;
+            chores.rollups().await;
             // Wait for this term to end before catching up again.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -70,10 +119,4 @@ pub async fn spawn(
         }
         let _ = scheduler.shutdown().await;
     }))
-}
-
-fn report(result: Result<(), sqlx::Error>) {
-    if let Err(err) = result {
-        tracing::warn!(error = %err, "housekeeping failed; it runs again within the hour");
-    }
 }

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Metrics, ReloadResult};
 use crate::probe::{HttpMonitor, HttpMonitorSpec};
 use crate::schedule::Cadence;
 
@@ -146,6 +147,7 @@ pub async fn watch_monitors(
     listen_options: PgConnectOptions,
     datacenter_id: i32,
     full_reload_every: Duration,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<MonitorSet>, sqlx::Error> {
     let mut reporter = RejectionReporter::default();
@@ -178,13 +180,17 @@ pub async fn watch_monitors(
             }
             match load(&pool, datacenter_id).await {
                 Ok((monitors, rejected)) => {
+                    metrics.config_reloaded(ReloadResult::Ok);
                     reporter.report(&rejected);
                     let count = monitors.len();
                     publish.send_replace(into_set(monitors));
                     tracing::debug!(monitors = count, "monitor configuration reloaded");
                 }
                 // Keep probing the last known configuration through a database outage.
-                Err(err) => tracing::warn!(error = %err, "monitor configuration reload failed"),
+                Err(err) => {
+                    metrics.config_reloaded(ReloadResult::Error);
+                    tracing::warn!(error = %err, "monitor configuration reload failed");
+                }
             }
         }
     });

@@ -30,6 +30,7 @@ use crate::api::{self, InstanceView};
 use crate::heartbeat::Heartbeat;
 use crate::housekeeping;
 use crate::leadership::{ElectionConfig, Elector, Leadership};
+use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
 use crate::probe::Prober;
 use crate::schedule::{Fire, ScheduleEntry, Scheduler};
@@ -109,10 +110,12 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         "instance registered"
     );
 
+    let metrics = Metrics::new();
     let (heartbeats, writer) = HeartbeatWriter::spawn(
         pool.clone(),
         WriterConfig {
             spool_dir: args.spool_dir.clone(),
+            metrics: Some(metrics.clone()),
             ..WriterConfig::default()
         },
     )
@@ -128,6 +131,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         connect_options.clone(),
         datacenter_id,
         args.config_reload_interval,
+        metrics.clone(),
         shutdown.clone(),
     )
     .await
@@ -141,6 +145,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     );
     let housekeeping = housekeeping::spawn(
         pool.clone(),
+        datacenter_id,
         elector.subscribe(),
         args.retention_days,
         shutdown.clone(),
@@ -155,6 +160,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         leadership: elector.subscribe(),
         monitors_scheduled: monitors_scheduled.clone(),
         writer: writer.stats(),
+        metrics: metrics.clone(),
         pool: pool.clone(),
     };
     let endpoints = api::serve(args.listen, view, shutdown.clone())
@@ -165,9 +171,11 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let probing = Probing {
         prober: Prober::from_env().context("setting up the prober")?,
         heartbeats,
+        datacenter: args.datacenter.clone(),
         datacenter_id,
         agent_id,
         leadership: elector.subscribe(),
+        metrics,
     };
     let in_flight = lead_while_elected(
         probing,
@@ -203,9 +211,11 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
 struct Probing {
     prober: Prober,
     heartbeats: HeartbeatSender,
+    datacenter: String,
     datacenter_id: i32,
     agent_id: i64,
     leadership: watch::Receiver<Leadership>,
+    metrics: Arc<Metrics>,
 }
 
 impl Probing {
@@ -214,6 +224,8 @@ impl Probing {
         // leader re-takes its lock after an outage, and the heartbeat belongs to the old one.
         let leader_term = self.leadership.borrow().term();
         let report = self.prober.probe(&fire.payload.http).await;
+        self.metrics.observe_lag(fire.lag);
+        self.metrics.observe_probe(&self.datacenter, &report);
         self.heartbeats.send(Heartbeat {
             monitor_id: fire.monitor_id,
             datacenter_id: self.datacenter_id,

@@ -79,6 +79,29 @@ async fn two_instances_of_a_datacenter_elect_exactly_one_prober() {
     seen_roles.sort();
     assert_eq!(seen_roles, ["leader", "standby"]);
     assert_eq!(status_a["datacenter"], "va");
+
+    // Prometheus sees the same: one leader, and its probes counted by status.
+    let (leader, standby) = if status_a["role"] == "leader" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let leader_metrics = leader.metrics().await.unwrap();
+    assert!(
+        leader_metrics.contains("vantage_leader{datacenter=\"va\"} 1"),
+        "{leader_metrics}"
+    );
+    assert!(
+        leader_metrics
+            .contains("vantage_probes_total{datacenter=\"va\",status=\"up\",error_kind=\"none\"}"),
+        "{leader_metrics}"
+    );
+    assert!(leader_metrics.contains("vantage_schedule_lag_seconds_bucket"));
+    let standby_metrics = standby.metrics().await.unwrap();
+    assert!(
+        standby_metrics.contains("vantage_leader{datacenter=\"va\"} 0"),
+        "{standby_metrics}"
+    );
 }
 
 #[tokio::test]

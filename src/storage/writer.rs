@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::spool::SpoolFile;
 use super::{partitions, redact_error};
+use crate::metrics::Metrics;
 use crate::Heartbeat;
 
 /// Tuning of the writer. `Default` reads `VANTAGE_SPOOL_DIR` (default `.vantage/spool`).
@@ -57,6 +58,8 @@ pub struct WriterConfig {
     /// Batches from memory written concurrently (pipelining hides commit latency and
     /// uses several server processes). Spool replay is one batch at a time.
     pub max_inflight: usize,
+    /// Where batch sizes and insert latencies are reported, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for WriterConfig {
@@ -65,13 +68,17 @@ impl Default for WriterConfig {
             spool_dir: std::env::var_os("VANTAGE_SPOOL_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".vantage/spool")),
-            batch_rows: 1000,
+            // Under normal load batches are cut by `batch_delay` long before this; the
+            // size only matters for a backlog (replay after an outage), where bigger
+            // statements store ~1.5x faster than batches of 1,000 (BENCHMARKS.md).
+            batch_rows: 5000,
             batch_delay: Duration::from_millis(250),
             memory_rows: 100_000,
             insert_timeout: Duration::from_secs(10),
             max_retry_delay: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
             max_inflight: 4,
+            metrics: None,
         }
     }
 }
@@ -292,6 +299,8 @@ type InsertDone = (Id, Result<Result<Inserted, sqlx::Error>, JoinError>);
 
 #[derive(Default)]
 struct Inserted {
+    /// How long the statement(s) took.
+    took: Duration,
     inserted: u64,
     duplicates: u64,
     partitions: Vec<String>,
@@ -532,8 +541,12 @@ impl State {
         let timeout = self.config.insert_timeout;
         let task_rows = rows.clone();
         let handle = self.inflight.spawn(async move {
+            let started = Instant::now();
             match tokio::time::timeout(timeout, insert_batch(&pool, &task_rows)).await {
-                Ok(result) => result,
+                Ok(result) => result.map(|inserted| Inserted {
+                    took: started.elapsed(),
+                    ..inserted
+                }),
                 Err(_) => Err(sqlx::Error::PoolTimedOut),
             }
         });
@@ -549,6 +562,9 @@ impl State {
         };
         match result {
             Ok(inserted) => {
+                if let Some(metrics) = &self.config.metrics {
+                    metrics.observe_writer_batch(inflight.rows.len(), inserted.took);
+                }
                 let stats = self.stats.clone();
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -801,7 +817,7 @@ fn insert_batch<'a>(
                 inserted,
                 duplicates: rows.len() as u64 - inserted,
                 partitions,
-                rejected: Vec::new(),
+                ..Inserted::default()
             }),
             Err(err) if is_invalid_data(&err) && rows.len() == 1 => Ok(Inserted {
                 rejected: vec![(rows[0].clone(), redact_error(&err))],

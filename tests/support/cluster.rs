@@ -145,6 +145,11 @@ impl Instance {
         &self.seen
     }
 
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.listen, "/metrics").await
+    }
+
     pub async fn status(&self) -> Option<serde_json::Value> {
         let body = http_get(self.listen, "/status").await?;
         serde_json::from_str(&body).ok()
