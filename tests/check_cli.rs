@@ -117,7 +117,7 @@ async fn usage_errors_exit_2_and_say_what_is_wrong() {
     assert!(stderr(&out).contains("missing ':'"), "{}", stderr(&out));
 
     let out = vantage(
-        &["check", "--expect-status", "2xx", "http://127.0.0.1/"],
+        &["check", "--expect-status", "2x0", "http://127.0.0.1/"],
         &[],
     )
     .await;
