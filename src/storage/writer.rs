@@ -68,10 +68,7 @@ impl Default for WriterConfig {
             spool_dir: std::env::var_os("VANTAGE_SPOOL_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".vantage/spool")),
-            // Under normal load batches are cut by `batch_delay` long before this; the
-            // size only matters for a backlog (replay after an outage), where bigger
-            // statements store ~1.5x faster than batches of 1,000 (BENCHMARKS.md).
-            batch_rows: 5000,
+            batch_rows: 1000,
             batch_delay: Duration::from_millis(250),
             memory_rows: 100_000,
             insert_timeout: Duration::from_secs(10),
