@@ -836,14 +836,7 @@ where
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
-        let mut conn = std::pin::pin!(conn);
-        run.timings.hop().ready = Some(std::time::Instant::now());
-        let mut done = false;
-        let response = driving(sender.send_request(request), &mut conn, &mut done)
-            .await
-            .and_then(|r| r)
-            .map_err(|e| protocol_error("no response", e))?;
-        read_response(response, monitor, run, keep_body, &mut conn, &mut done).await
+        round_trip(conn, sender.send_request(request), monitor, run, keep_body).await
     } else {
         // HTTP/1.1 wants origin-form and a Host header.
         let url_host = host_header(request.uri());
@@ -861,15 +854,31 @@ where
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| protocol_error("HTTP/1.1 handshake failed", e))?;
-        let mut conn = std::pin::pin!(conn);
-        run.timings.hop().ready = Some(std::time::Instant::now());
-        let mut done = false;
-        let response = driving(sender.send_request(request), &mut conn, &mut done)
-            .await
-            .and_then(|r| r)
-            .map_err(|e| protocol_error("no response", e))?;
-        read_response(response, monitor, run, keep_body, &mut conn, &mut done).await
+        round_trip(conn, sender.send_request(request), monitor, run, keep_body).await
     }
+}
+
+/// From a ready connection to the end of the body: the clock for ttfb starts here. The
+/// request was only queued by `send`; nothing is written until `conn` is driven.
+async fn round_trip<C, F>(
+    conn: C,
+    send: F,
+    monitor: &HttpMonitor,
+    run: &mut Run,
+    keep_body: bool,
+) -> Result<HopResponse, Failure>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+    F: Future<Output = Result<http::Response<Incoming>, hyper::Error>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    run.timings.hop().ready = Some(std::time::Instant::now());
+    let mut done = false;
+    let response = driving(send, &mut conn, &mut done)
+        .await
+        .and_then(|r| r)
+        .map_err(|e| protocol_error("no response", e))?;
+    read_response(response, monitor, run, keep_body, &mut conn, &mut done).await
 }
 
 fn protocol_error(what: &str, err: hyper::Error) -> Failure {
