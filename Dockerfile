@@ -6,10 +6,12 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # 1. Dependencies only: a placeholder crate with the real manifest and lock file, so this
-#    layer is rebuilt only when Cargo.toml or Cargo.lock change.
+#    layer is rebuilt only when Cargo.toml or Cargo.lock change. Cargo.toml declares the
+#    bench targets, whose files must exist for it to parse: placeholders too.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir -p src sql/migrations \
+RUN mkdir -p src sql/migrations benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && for bench in probe_cost ingest; do echo 'fn main() {}' > "benches/$bench.rs"; done \
  && cargo build --release --locked \
  && rm -rf src target/release/.fingerprint/vantage-* target/release/deps/vantage-* target/release/deps/libvantage-*
 # 2. The application itself.
