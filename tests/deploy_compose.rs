@@ -381,3 +381,48 @@ fn docker_compose_config_accepts_the_file_when_available() {
     }
     eprintln!("docker compose is not installed: skipped `docker compose config` (the YAML checks above still ran)");
 }
+
+/// The image as the Dockerfile builds it: dependencies in their own layer (which must
+/// parse the real manifest, so every declared bench target gets a placeholder file),
+/// a non-root user, a health check by the binary itself, `run` by default, no secrets.
+#[test]
+fn the_dockerfile_caches_dependencies_runs_as_non_root_and_checks_its_health() {
+    let dockerfile = read("Dockerfile");
+    let manifest = read("Cargo.toml");
+    let benches: Vec<&str> = manifest
+        .split("[[bench]]")
+        .skip(1)
+        .filter_map(|table| table.lines().find_map(|l| l.trim().strip_prefix("name = ")))
+        .map(|name| name.trim_matches('"'))
+        .collect();
+    assert!(!benches.is_empty(), "Cargo.toml declares bench targets");
+    let placeholder_loop = dockerfile
+        .lines()
+        .find(|l| l.contains("for bench in"))
+        .expect("the dependency layer writes placeholder bench files");
+    for bench in benches {
+        assert!(
+            placeholder_loop
+                .split_whitespace()
+                .any(|w| w.trim_end_matches(';') == bench),
+            "bench {bench:?} from Cargo.toml has no placeholder in the Dockerfile's dependency layer"
+        );
+    }
+    let deps = dockerfile.find("COPY Cargo.toml Cargo.lock").unwrap();
+    let sources = dockerfile.find("COPY src src").unwrap();
+    assert!(
+        deps < sources,
+        "dependencies are built before the sources are copied"
+    );
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER line");
+    assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"vantage\", \"check\""));
+    assert!(dockerfile.contains("CMD [\"run\"]"));
+    for secret in ["DATABASE_URL", "PASSWORD"] {
+        assert!(!dockerfile.contains(secret), "the image bakes in {secret}");
+    }
+}
