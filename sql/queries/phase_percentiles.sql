@@ -6,6 +6,11 @@
 -- A phase that did not happen (no DNS for an IP literal, no TLS for http://) is NULL
 -- and ignored by the percentiles. Add `h.monitor_id = ...` to look at one monitor.
 --
+-- Cost: exact percentiles sort every sample. Fleet-wide over 24 h (2.6 M heartbeats,
+-- 15 M phase samples) this takes ~25 s on a 2-vCPU machine (BENCHMARKS.md); for one
+-- monitor it is milliseconds (primary key). Dashboards over long ranges read the
+-- percentiles kept in api_heartbeats_hourly / api_heartbeats_daily instead.
+--
 -- columns: datacenter, phase, samples, p50_ms, p95_ms, p99_ms
 SELECT d.code AS datacenter,
        p.phase,
