@@ -4,7 +4,7 @@
 //!
 //!     cargo bench --bench ingest                # a temporary cluster of its own
 //!     DATABASE_URL=postgres://... cargo bench --bench ingest   # an existing server
-//!     INGEST_ROWS=1000000 INGEST_BATCH_ROWS=5000 cargo bench --bench ingest
+//!     INGEST_ROWS=1000000 INGEST_BATCH_ROWS=5000 INGEST_MAX_INFLIGHT=2 cargo bench --bench ingest
 //!
 //! The temporary cluster is switched to durable settings (fsync, synchronous_commit,
 //! full_page_writes on) and PostgreSQL's default shared_buffers (128 MB) and
@@ -165,11 +165,17 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let defaults = WriterConfig::default();
+    let max_inflight = std::env::var("INGEST_MAX_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(defaults.max_inflight);
     let config = WriterConfig {
         spool_dir: spool.clone(),
         memory_rows,
         batch_rows,
-        ..WriterConfig::default()
+        max_inflight,
+        ..defaults
     };
     let (batch_rows, batch_delay) = (config.batch_rows, config.batch_delay);
     let (tx, writer) = HeartbeatWriter::spawn(pool.clone(), config).await?;
