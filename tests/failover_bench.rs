@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, seed_datacenters, seed_monitor,
-    serve_target, Instance, InstanceOptions,
+    agent_id_of, eventually, leader_first, seed_datacenters, seed_monitor, serve_target,
+    wait_for_leader_probing, Instance, InstanceOptions,
 };
 use support::pg::TestDb;
 
@@ -72,16 +72,8 @@ async fn failover_after_sigkill_of_the_leader() {
         let monitor = seed_monitor(&db.pool, "m", &format!("http://{target}/ok"), 1).await;
         let a = instance(&db.url, "va-a", vec![]);
         let b = instance(&db.url, "va-b", vec![]);
-        let (leader_agent, _) = eventually("a leader probing", Duration::from_secs(30), || async {
-            let leader = current_leader(&db.pool, dc).await?;
-            (heartbeats(&db.pool, monitor).await.len() >= 2).then_some(leader)
-        })
-        .await;
-        let (mut leader, standby) = if agent_id_of(&db.pool, "va-a").await == leader_agent {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let (leader_agent, _) = wait_for_leader_probing(&db.pool, dc, monitor, 2).await;
+        let (mut leader, standby) = leader_first(&db.pool, a, b, leader_agent).await;
         let standby_agent = agent_id_of(&db.pool, &standby.name).await;
         let killed_at = Utc::now();
         leader.signal(libc::SIGKILL);

@@ -7,8 +7,9 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, missed_slots, seed_datacenters,
-    seed_monitor, serve_target, Instance, InstanceOptions,
+    agent_id_of, current_leader, eventually, heartbeats, leader_first, missed_slots,
+    seed_datacenters, seed_monitor, serve_target, wait_for_beats_by, wait_for_leader_probing,
+    Instance, InstanceOptions,
 };
 use support::pg::TestDb;
 
@@ -111,23 +112,9 @@ async fn sigkill_of_the_leader_hands_over_within_a_slot() {
     let dc = seed_datacenters(&db.pool, &["va"]).await[0];
     let monitor = seed_monitor(&db.pool, "target-ok", &format!("http://{target}/ok"), 1).await;
 
-    let mut instances = vec![instance(&db.url, "va-a"), instance(&db.url, "va-b")];
-    let (leader_agent, first_term) = eventually(
-        "a leader and three heartbeats",
-        Duration::from_secs(30),
-        || async {
-            let leader = current_leader(&db.pool, dc).await?;
-            (heartbeats(&db.pool, monitor).await.len() >= 3).then_some(leader)
-        },
-    )
-    .await;
-    let leader_index = if agent_id_of(&db.pool, "va-a").await == leader_agent {
-        0
-    } else {
-        1
-    };
-    let mut leader = instances.remove(leader_index);
-    let standby = instances.remove(0);
+    let (a, b) = (instance(&db.url, "va-a"), instance(&db.url, "va-b"));
+    let (leader_agent, first_term) = wait_for_leader_probing(&db.pool, dc, monitor, 3).await;
+    let (mut leader, standby) = leader_first(&db.pool, a, b, leader_agent).await;
 
     let killed_at = chrono::Utc::now();
     leader.signal(libc::SIGKILL);
@@ -175,23 +162,9 @@ async fn sigterm_hands_over_without_missing_a_slot() {
     let dc = seed_datacenters(&db.pool, &["va"]).await[0];
     let monitor = seed_monitor(&db.pool, "target-ok", &format!("http://{target}/ok"), 1).await;
 
-    let mut instances = vec![instance(&db.url, "va-a"), instance(&db.url, "va-b")];
-    let (leader_agent, _) = eventually(
-        "a leader and three heartbeats",
-        Duration::from_secs(30),
-        || async {
-            let leader = current_leader(&db.pool, dc).await?;
-            (heartbeats(&db.pool, monitor).await.len() >= 3).then_some(leader)
-        },
-    )
-    .await;
-    let leader_index = if agent_id_of(&db.pool, "va-a").await == leader_agent {
-        0
-    } else {
-        1
-    };
-    let mut leader = instances.remove(leader_index);
-    let standby = instances.remove(0);
+    let (a, b) = (instance(&db.url, "va-a"), instance(&db.url, "va-b"));
+    let (leader_agent, _) = wait_for_leader_probing(&db.pool, dc, monitor, 3).await;
+    let (mut leader, standby) = leader_first(&db.pool, a, b, leader_agent).await;
     let standby_agent = agent_id_of(&db.pool, &standby.name).await;
 
     leader.signal(libc::SIGTERM);
@@ -204,20 +177,7 @@ async fn sigterm_hands_over_without_missing_a_slot() {
         "clean exit"
     );
 
-    eventually(
-        "the standby probes three slots",
-        Duration::from_secs(10),
-        || async {
-            let beats = heartbeats(&db.pool, monitor).await;
-            (beats
-                .iter()
-                .filter(|b| b.agent_id == Some(standby_agent))
-                .count()
-                >= 3)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_for_beats_by(&db.pool, monitor, standby_agent, 3).await;
     let beats = heartbeats(&db.pool, monitor).await;
     assert_eq!(
         missed_slots(&beats, ONE_SECOND),

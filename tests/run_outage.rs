@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::cluster::{
     agent_id_of, current_leader, eventually, heartbeats, missed_slots, seed_datacenters,
-    seed_monitor, serve_target, Instance, InstanceOptions,
+    seed_monitor, serve_target, wait_for_beats_by, Instance, InstanceOptions,
 };
 use support::pg::{DedicatedCluster, TestDb};
 use support::proxy::PartitionProxy;
@@ -99,20 +99,7 @@ async fn a_leader_cut_off_from_postgres_stops_and_a_standby_takes_over() {
         extra_env: vec![],
     });
     let old_agent = agent_id_of(&db.pool, "va-a").await;
-    eventually(
-        "three heartbeats from the first leader",
-        Duration::from_secs(20),
-        || async {
-            let beats = heartbeats(&db.pool, monitor).await;
-            (beats
-                .iter()
-                .filter(|b| b.agent_id == Some(old_agent))
-                .count()
-                >= 3)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_for_beats_by(&db.pool, monitor, old_agent, 3).await;
     let standby_agent = eventually(
         "the standby registered",
         Duration::from_secs(20),
@@ -153,20 +140,7 @@ async fn a_leader_cut_off_from_postgres_stops_and_a_standby_takes_over() {
     })
     .await;
     assert_eq!(agent, standby_agent);
-    eventually(
-        "the new leader's heartbeats",
-        Duration::from_secs(10),
-        || async {
-            let beats = heartbeats(&db.pool, monitor).await;
-            (beats
-                .iter()
-                .filter(|b| b.agent_id == Some(standby_agent))
-                .count()
-                >= 2)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_for_beats_by(&db.pool, monitor, standby_agent, 2).await;
 
     // Heal: the old leader's spooled heartbeats arrive; overlapping slots stay single rows.
     proxy.heal();

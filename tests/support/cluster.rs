@@ -271,6 +271,56 @@ pub async fn current_leader(pool: &PgPool, datacenter_id: i32) -> Option<(i64, i
     .unwrap()
 }
 
+/// Waits until the datacenter has a leader and `monitor` has at least `beats`
+/// heartbeats; returns the leader's `(agent_id, term)`.
+pub async fn wait_for_leader_probing(
+    pool: &PgPool,
+    datacenter_id: i32,
+    monitor_id: i32,
+    beats: usize,
+) -> (i64, i64) {
+    eventually(
+        &format!("a leader and {beats} heartbeats"),
+        Duration::from_secs(30),
+        || async {
+            let leader = current_leader(pool, datacenter_id).await?;
+            (heartbeats(pool, monitor_id).await.len() >= beats).then_some(leader)
+        },
+    )
+    .await
+}
+
+/// Orders two instances of one datacenter as `(leader, standby)`.
+pub async fn leader_first(
+    pool: &PgPool,
+    a: Instance,
+    b: Instance,
+    leader_agent: i64,
+) -> (Instance, Instance) {
+    if agent_id_of(pool, &a.name).await == leader_agent {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// Waits until `agent` has probed `monitor` at least `beats` times.
+pub async fn wait_for_beats_by(pool: &PgPool, monitor_id: i32, agent_id: i64, beats: usize) {
+    eventually(
+        &format!("{beats} heartbeats from agent {agent_id}"),
+        Duration::from_secs(20),
+        || async {
+            let by_agent = heartbeats(pool, monitor_id)
+                .await
+                .iter()
+                .filter(|b| b.agent_id == Some(agent_id))
+                .count();
+            (by_agent >= beats).then_some(())
+        },
+    )
+    .await
+}
+
 pub async fn agent_id_of(pool: &PgPool, instance_name: &str) -> i64 {
     sqlx::query_scalar("SELECT id FROM agents WHERE instance_name = $1")
         .bind(instance_name)
