@@ -16,9 +16,6 @@ use crate::leadership::Leadership;
 use crate::rollup;
 use crate::storage::partitions;
 
-/// Days of partitions kept ready beyond today, so inserts never wait on DDL.
-pub const PARTITION_DAYS_AHEAD: u32 = 7;
-
 /// Hourly, at minute 7: idempotent, so running more often than daily only narrows the
 /// window in which a failed run matters.
 const PARTITIONS_CRON: &str = "0 7 * * * *";
@@ -37,20 +34,9 @@ struct Chores {
 
 impl Chores {
     async fn partitions(&self) {
-        let result = async {
-            let created = partitions::ensure_ahead(&self.pool, PARTITION_DAYS_AHEAD).await?;
-            let dropped = partitions::drop_older_than(&self.pool, self.retention_days).await?;
-            Ok::<_, sqlx::Error>((created, dropped))
-        }
-        .await;
-        match result {
-            Ok((created, dropped)) if !created.is_empty() || !dropped.is_empty() => {
-                tracing::info!(?created, ?dropped, "housekeeping: partitions updated");
-            }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "partition housekeeping failed; it runs again within the hour")
-            }
+        // `housekeeping` logs what it created and dropped.
+        if let Err(err) = partitions::housekeeping(&self.pool, self.retention_days).await {
+            tracing::warn!(error = %err, "partition housekeeping failed; it runs again within the hour");
         }
     }
 

@@ -61,19 +61,6 @@ pub async fn list(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     .await
 }
 
-/// How many days of heartbeats are kept when `VANTAGE_RETENTION_DAYS` is not set.
-pub const DEFAULT_RETENTION_DAYS: u32 = 30;
-
-/// `VANTAGE_RETENTION_DAYS`, or [`DEFAULT_RETENTION_DAYS`].
-pub fn retention_days_from_env() -> Result<u32, String> {
-    match std::env::var("VANTAGE_RETENTION_DAYS") {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
-            format!("VANTAGE_RETENTION_DAYS must be a whole number of days (got {v:?})")
-        }),
-        _ => Ok(DEFAULT_RETENTION_DAYS),
-    }
-}
-
 /// What one housekeeping run did.
 #[derive(Debug, Clone, Default)]
 pub struct Housekeeping {
