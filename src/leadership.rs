@@ -27,12 +27,14 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
+
+use crate::storage;
 
 /// First key of our two-key advisory locks (ASCII "VANT"); the second is the datacenter
 /// id. The two-key form keeps other applications' one-key locks from colliding with ours.
@@ -253,7 +255,12 @@ impl Election {
     async fn wait_for_bid_chance(&mut self) {
         let interval = self.config.bid_interval;
         if self.listener.is_none() {
-            self.listener = self.listen().await;
+            self.listener = storage::listen(
+                &self.config.connect_options,
+                LEADERSHIP_CHANNEL,
+                self.config.check_timeout,
+            )
+            .await;
         }
         let Some(listener) = self.listener.as_mut() else {
             tokio::select! {
@@ -280,16 +287,6 @@ impl Election {
                 },
             }
         }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(self.config.check_timeout)
-            .connect_lazy_with(self.config.connect_options.clone());
-        let mut listener = PgListener::connect_with(&pool).await.ok()?;
-        listener.listen(LEADERSHIP_CHANNEL).await.ok()?;
-        Some(listener)
     }
 
     async fn connect(&self) -> Option<PgConnection> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::probe::{HttpMonitor, HttpMonitorSpec};
 use crate::schedule::Cadence;
+use crate::storage;
 
 /// Channel on which the schema's triggers announce configuration changes.
 pub const CONFIG_CHANNEL: &str = "vantage_config";
+
+/// How long connecting the listener may take before the next reload tries again.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a burst of change notifications must be quiet before reloading.
 const NOTIFY_SETTLE: Duration = Duration::from_millis(100);
@@ -162,7 +166,8 @@ pub async fn watch_monitors(
         tick.reset();
         loop {
             if listener.is_none() {
-                listener = listen(&listen_options).await;
+                listener =
+                    storage::listen(&listen_options, CONFIG_CHANNEL, LISTEN_CONNECT_TIMEOUT).await;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -199,16 +204,6 @@ pub async fn watch_monitors(
 
 fn into_set(monitors: Vec<RunnableMonitor>) -> MonitorSet {
     Arc::new(monitors.into_iter().map(Arc::new).collect())
-}
-
-async fn listen(options: &PgConnectOptions) -> Option<PgListener> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.clone());
-    let mut listener = PgListener::connect_with(&pool).await.ok()?;
-    listener.listen(CONFIG_CHANNEL).await.ok()?;
-    Some(listener)
 }
 
 /// Waits for a notification; `false` when the listener is gone or broke.

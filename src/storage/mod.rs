@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 pub mod partitions;
@@ -61,6 +61,24 @@ pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool, sqlx::Err
         .test_before_acquire(true)
         .connect_with(options)
         .await
+}
+
+/// A listener on `channel` over a connection of its own (LISTEN needs a real session, so
+/// it must not go through a transaction pooler), or `None` if Postgres cannot be reached
+/// within `timeout`. sqlx's listener reconnects by itself but loses what was notified
+/// meanwhile: callers pair it with a periodic reload or bid.
+pub async fn listen(
+    options: &PgConnectOptions,
+    channel: &str,
+    timeout: Duration,
+) -> Option<PgListener> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await.ok()?;
+    listener.listen(channel).await.ok()?;
+    Some(listener)
 }
 
 /// `err`'s text with any password in it (URL userinfo or `password=` pairs) masked.
