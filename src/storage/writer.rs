@@ -35,7 +35,8 @@ use super::{partitions, redact_error};
 use crate::metrics::Metrics;
 use crate::Heartbeat;
 
-/// Tuning of the writer. `Default` reads `VANTAGE_SPOOL_DIR` (default `.vantage/spool`).
+/// Tuning of the writer. The spool directory comes from the caller (`vantage run` reads
+/// `VANTAGE_SPOOL_DIR`); the default is `.vantage/spool`.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Where spool files live; keep it on a persistent volume.
@@ -65,9 +66,7 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
-            spool_dir: std::env::var_os("VANTAGE_SPOOL_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".vantage/spool")),
+            spool_dir: PathBuf::from(".vantage/spool"),
             batch_rows: 1000,
             batch_delay: Duration::from_millis(250),
             memory_rows: 100_000,
