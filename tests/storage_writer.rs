@@ -225,6 +225,36 @@ async fn duplicate_slots_are_ignored() {
 }
 
 #[tokio::test]
+async fn a_batch_meeting_stored_keys_still_stores_its_new_rows() {
+    let db = TestDb::fresh().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (tx, writer) = HeartbeatWriter::spawn(db.pool.clone(), config(spool.path()))
+        .await
+        .unwrap();
+    tx.send(heartbeat(1, 1, slot(0)));
+    tx.send(heartbeat(2, 1, slot(0)));
+    writer.shutdown().await;
+
+    // A replay (or an overlapping leader) sends two stored slots among new ones.
+    let (tx, writer) = HeartbeatWriter::spawn(db.pool.clone(), config(spool.path()))
+        .await
+        .unwrap();
+    for h in [
+        heartbeat(1, 1, slot(1)),
+        heartbeat(1, 1, slot(0)),
+        heartbeat(2, 1, slot(1)),
+        heartbeat(2, 1, slot(0)),
+    ] {
+        tx.send(h);
+    }
+    let summary = writer.shutdown().await;
+    assert_eq!(summary.stats.inserted_rows, 2, "{summary:?}");
+    assert_eq!(summary.stats.duplicate_rows, 2, "{summary:?}");
+    assert_eq!(summary.stats.rejected_rows, 0, "{summary:?}");
+    assert_eq!(count_heartbeats(&db.pool).await, 4);
+}
+
+#[tokio::test]
 async fn a_heartbeat_whose_day_has_no_partition_creates_it() {
     let db = TestDb::fresh().await;
     let spool = tempfile::tempdir().unwrap();

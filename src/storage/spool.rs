@@ -7,7 +7,7 @@
 //! a file nobody holds was left by a process that stopped or crashed, and the next
 //! writer to start adopts it and replays it. Replaying a file twice (a crash between
 //! inserting a batch and deleting the file) is harmless: heartbeats are slot-keyed and
-//! inserted with `ON CONFLICT DO NOTHING`.
+//! the writer skips keys already stored.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

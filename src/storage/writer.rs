@@ -1,7 +1,8 @@
 //! The heartbeat writer: probes hand heartbeats to a [`HeartbeatSender`], which never
 //! blocks and never waits on the database; one writer task batches them (by size and by
-//! time) and stores each batch with a single `INSERT ... SELECT ... FROM UNNEST(...)
-//! ON CONFLICT DO NOTHING`.
+//! time) and stores each batch with a single `INSERT ... SELECT ... FROM UNNEST(...)`;
+//! duplicate keys are harmless (a batch that meets one is stored again with `ON CONFLICT
+//! DO NOTHING`).
 //!
 //! Nothing is dropped. When Postgres is unreachable or slow the writer keeps heartbeats
 //! in memory up to [`WriterConfig::memory_rows`], then appends them to a spool file
@@ -834,15 +835,24 @@ fn insert_batch<'a>(
     })
 }
 
+/// Tries a plain INSERT first: almost every batch is new, and `ON CONFLICT DO NOTHING`
+/// costs every row a speculative insertion (an extra primary-key probe), which cut
+/// ingest by a quarter (BENCHMARKS.md). A batch that meets a stored key (a leader
+/// overlap, a replay after an insert whose answer was lost) fails as a whole, storing
+/// nothing, and goes again skipping the duplicates.
 async fn insert_creating_partitions(
     pool: &PgPool,
     rows: &[Heartbeat],
 ) -> Result<(u64, Vec<String>), sqlx::Error> {
     let mut created = Vec::new();
     let mut attempt = 0;
+    let mut sql = INSERT_SQL;
     loop {
-        match insert_rows(pool, rows).await {
+        match insert_rows(pool, sql, rows).await {
             Ok(n) => return Ok((n, created)),
+            Err(err) if is_duplicate_key(&err) && sql == INSERT_SQL => {
+                sql = INSERT_SKIPPING_DUPLICATES_SQL;
+            }
             Err(err) if is_missing_partition(&err) && attempt < 3 => {
                 attempt += 1;
                 let mut days: Vec<NaiveDate> =
@@ -861,6 +871,10 @@ fn is_missing_partition(err: &sqlx::Error) -> bool {
         if db.code().as_deref() == Some("23514") && db.message().contains("no partition"))
 }
 
+fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
 /// Data exceptions (22xxx) and integrity violations (23xxx): retrying cannot help.
 fn is_invalid_data(err: &sqlx::Error) -> bool {
     match err {
@@ -874,7 +888,10 @@ fn is_invalid_data(err: &sqlx::Error) -> bool {
     }
 }
 
-const INSERT_SQL: &str = "
+macro_rules! insert_sql {
+    ($on_conflict:literal) => {
+        concat!(
+            "
 INSERT INTO api_heartbeats (
     monitor_id, datacenter_id, scheduled_at, executed_at, agent_id, leader_term,
     status, success, http_status, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms,
@@ -899,7 +916,13 @@ FROM UNNEST(
     total_ms, schedule_lag_ms, response_size_bytes, remote_ip, http_version,
     tls_version, tls_cert_expires_at, redirect_count, error_kind, error_message,
     response_body)
-ON CONFLICT DO NOTHING";
+",
+            $on_conflict
+        )
+    };
+}
+const INSERT_SQL: &str = insert_sql!("");
+const INSERT_SKIPPING_DUPLICATES_SQL: &str = insert_sql!("ON CONFLICT DO NOTHING");
 
 /// Postgres text cannot hold NUL; a probe may have read one from a hostile server.
 fn clean(text: &Option<String>) -> Option<String> {
@@ -913,7 +936,7 @@ fn clean(text: &Option<String>) -> Option<String> {
 }
 
 /// One statement for the whole batch: each column travels as one array parameter.
-async fn insert_rows(pool: &PgPool, rows: &[Heartbeat]) -> Result<u64, sqlx::Error> {
+async fn insert_rows(pool: &PgPool, sql: &str, rows: &[Heartbeat]) -> Result<u64, sqlx::Error> {
     let n = rows.len();
     let mut monitor_id = Vec::with_capacity(n);
     let mut datacenter_id = Vec::with_capacity(n);
@@ -971,7 +994,7 @@ async fn insert_rows(pool: &PgPool, rows: &[Heartbeat]) -> Result<u64, sqlx::Err
         error_message.push(clean(&r.error_message));
         response_body.push(clean(&r.response_body));
     }
-    let result = sqlx::query(INSERT_SQL)
+    let result = sqlx::query(sql)
         .bind(monitor_id)
         .bind(datacenter_id)
         .bind(scheduled_at)
