@@ -30,12 +30,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, HOST, LOCATION, USER_AGEN
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use url::{Host, Url};
 
+use super::in_task::InTaskExecutor;
 use super::timings::{Phase, Timings};
 use super::{connect, dns, tls, Failure, IpFamily, Prober};
 use crate::probe::{ErrorKind, ProbeReport, ProbeStatus};
@@ -833,9 +834,11 @@ where
     run.phase = Phase::Head;
     let io = TokioIo::new(io);
     if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        let executor = InTaskExecutor::default();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(executor.clone(), io)
             .await
             .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
+        let conn = executor.drive(conn);
         round_trip(conn, sender.send_request(request), monitor, run, keep_body).await
     } else {
         // HTTP/1.1 wants origin-form and a Host header.

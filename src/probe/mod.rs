@@ -14,6 +14,7 @@ pub mod dns;
 pub mod http;
 
 mod connect;
+mod in_task;
 mod report;
 mod timings;
 mod tls;

@@ -104,7 +104,7 @@ pub fn self_signed(names: &[&str]) -> Identity {
 /// A rustls server configuration presenting `identity`, offering `alpn` (e.g.
 /// `&[b"h2", b"http/1.1"]`).
 pub fn server_config(identity: &Identity, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
