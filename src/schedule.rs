@@ -598,10 +598,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.cancel();
         run.await.unwrap();
+        // The monitor's next slot may fall inside the 200 ms as well (one run in 50);
+        // it is fired on time like any other, and is not what this test is about.
         let fires = fires.lock().unwrap().clone();
-        assert_eq!(fires.len(), 1, "{fires:?}");
-        let (slot, lag) = fires[0];
-        assert!(slot <= started, "the slot before the start was fired");
+        let caught_up: Vec<_> = fires.iter().filter(|(slot, _)| *slot <= started).collect();
+        assert_eq!(caught_up.len(), 1, "{fires:?}");
+        let (slot, lag) = *caught_up[0];
         assert!(
             lag >= (started - slot).to_std().unwrap(),
             "its lag is honest"
