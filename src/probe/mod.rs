@@ -18,6 +18,7 @@ mod in_task;
 mod report;
 mod timings;
 mod tls;
+mod verified_chains;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,11 +105,23 @@ impl Prober {
 }
 
 /// Builds a [`Prober`]; see [`Prober::builder`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProberBuilder {
     dns_servers: Option<Vec<SocketAddr>>,
     ca_files: Vec<PathBuf>,
     extra_roots: Vec<CertificateDer<'static>>,
+    verified_chain_capacity: usize,
+}
+
+impl Default for ProberBuilder {
+    fn default() -> Self {
+        ProberBuilder {
+            dns_servers: None,
+            ca_files: Vec::new(),
+            extra_roots: Vec::new(),
+            verified_chain_capacity: verified_chains::DEFAULT_CAPACITY,
+        }
+    }
 }
 
 impl ProberBuilder {
@@ -127,6 +140,14 @@ impl ProberBuilder {
     /// Trust these DER certificates in addition to the public roots.
     pub fn extra_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
         self.extra_roots.extend(roots);
+        self
+    }
+
+    /// How many accepted certificate chains to remember, so that a host probed again
+    /// within the hour is not validated again (its handshake signature always is);
+    /// 0 validates every chain on every handshake. Default 10,000.
+    pub fn verified_chain_capacity(mut self, capacity: usize) -> Self {
+        self.verified_chain_capacity = capacity;
         self
     }
 
@@ -156,7 +177,7 @@ impl ProberBuilder {
         }
         Ok(Prober {
             resolver: dns::build_resolver(self.dns_servers.as_deref())?,
-            tls: tls::TlsConfigs::new(&roots)?,
+            tls: tls::TlsConfigs::new(&roots, self.verified_chain_capacity)?,
         })
     }
 }

@@ -2,9 +2,10 @@
 //! the handshake, and the certificate-recording verifier.
 //!
 //! Crypto is aws-lc-rs (see [`probe_crypto_provider`] for why). Roots are webpki-roots
-//! (compiled in, so the container's CA bundle does not matter)
-//! plus any extra PEM roots. Session resumption is off so every probe measures a full
-//! handshake. ALPN offers `h2` then `http/1.1`.
+//! (compiled in, so the container's CA bundle does not matter) plus any extra PEM
+//! roots; chains webpki accepted are remembered for a while (`verified_chains`).
+//! Session resumption is off so every probe measures a full handshake. ALPN offers `h2`
+//! then `http/1.1`.
 //!
 //! The leaf certificate's not-after must be reported even when verification fails, and
 //! a failed handshake leaves nothing to ask afterwards. So each handshake gets its own
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::verified_chains::RememberingVerifier;
 use super::Failure;
 use crate::probe::ErrorKind;
 
@@ -31,12 +33,16 @@ use crate::probe::ErrorKind;
 pub(crate) struct TlsConfigs {
     verifying: Arc<ClientConfig>,
     insecure: Arc<ClientConfig>,
-    webpki: Arc<WebPkiServerVerifier>,
+    webpki: Arc<RememberingVerifier>,
     provider: Arc<CryptoProvider>,
 }
 
 impl TlsConfigs {
-    pub(crate) fn new(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<TlsConfigs> {
+    /// `chain_cache_capacity`: how many accepted chains to remember (0: none).
+    pub(crate) fn new(
+        extra_roots: &[CertificateDer<'static>],
+        chain_cache_capacity: usize,
+    ) -> anyhow::Result<TlsConfigs> {
         let provider = Arc::new(probe_crypto_provider());
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -46,8 +52,11 @@ impl TlsConfigs {
                 .add(cert.clone())
                 .map_err(|err| anyhow::anyhow!("extra CA certificate rejected: {err}"))?;
         }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
+        let webpki = Arc::new(RememberingVerifier::new(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()?,
+            chain_cache_capacity,
+        ));
         let base = |verifier: Arc<dyn ServerCertVerifier>| -> anyhow::Result<Arc<ClientConfig>> {
             let mut config = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?
