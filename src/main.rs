@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand};
 use vantage::storage;
 use vantage::telemetry::{self, LogFormat};
 
+/// mimalloc instead of glibc's malloc: a probe makes hundreds of short-lived
+/// allocations (TLS records, HTTP/2 frames, hyper's buffers), often freed on another
+/// worker thread; with mimalloc a probe costs about 10 % less CPU (BENCHMARKS.md,
+/// "Probe cost").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vantage",
