@@ -44,6 +44,10 @@ impl TlsConfigs {
         chain_cache_capacity: usize,
     ) -> anyhow::Result<TlsConfigs> {
         let provider = Arc::new(probe_crypto_provider());
+        // aws-lc seeds its random generator on first use, from CPU jitter: ~50 ms of CPU
+        // once per process. Do it now, or the first probe's TLS phase would carry it.
+        aws_lc_rs::rand::fill(&mut [0u8; 1])
+            .map_err(|_| anyhow::anyhow!("the system random generator is not available"))?;
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
