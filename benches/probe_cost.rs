@@ -111,25 +111,19 @@ fn main() {
         println!(
             "reference: one P-256 ECDSA verification (aws-lc, one thread) takes {verify_us:.1} us on this machine now"
         );
-        let sat = run(
-            &prober,
-            &by_ip,
-            u64::MAX,
-            concurrency,
-            Some(Duration::from_secs(seconds)),
-            &server,
-        )
-        .await;
+        let saturate = |prober| {
+            run(
+                prober,
+                &by_ip,
+                u64::MAX,
+                concurrency,
+                Some(Duration::from_secs(seconds)),
+                &server,
+            )
+        };
+        let sat = saturate(&prober).await;
         sat.print(&format!("saturation, by IP, {concurrency} concurrent, {seconds} s"));
-        let cold = run(
-            &prober_remembering(0),
-            &by_ip,
-            u64::MAX,
-            concurrency,
-            Some(Duration::from_secs(seconds)),
-            &server,
-        )
-        .await;
+        let cold = saturate(&prober_remembering(0)).await;
         cold.print(&format!(
             "saturation, chain validated on every handshake (verified_chain_capacity 0), {concurrency} concurrent, {seconds} s"
         ));

@@ -30,6 +30,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use super::tls::forward_handshake_signatures;
+
 /// How long an accepted chain is trusted without validating it again.
 pub(crate) const REVALIDATE_AFTER: Duration = Duration::from_secs(3600);
 
@@ -108,17 +110,8 @@ impl ServerCertVerifier for RememberingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.capacity == 0 {
-            return self.webpki.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            );
-        }
-        let key = chain_key(server_name, end_entity, intermediates);
-        if self.lookup(&key, now) {
+        let key = (self.capacity > 0).then(|| chain_key(server_name, end_entity, intermediates));
+        if key.is_some_and(|key| self.lookup(&key, now)) {
             return Ok(ServerCertVerified::assertion());
         }
         let verified = self.webpki.verify_server_cert(
@@ -128,9 +121,8 @@ impl ServerCertVerifier for RememberingVerifier {
             ocsp_response,
             now,
         )?;
-        if let Some((valid_from, valid_until)) =
-            common_validity(std::iter::once(end_entity).chain(intermediates))
-        {
+        let window = || common_validity(std::iter::once(end_entity).chain(intermediates));
+        if let Some((key, (valid_from, valid_until))) = key.and_then(|key| Some((key, window()?))) {
             self.remember(
                 key,
                 Accepted {
@@ -143,27 +135,8 @@ impl ServerCertVerifier for RememberingVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
+    // Checked on every handshake, never remembered.
+    forward_handshake_signatures!(webpki);
 }
 
 /// SHA-256 over the host name and every certificate, each length-prefixed so that no
