@@ -120,8 +120,9 @@ impl TlsConfigs {
 /// bench machine), and AES-128-GCM-SHA256 goes first among the TLS 1.3 suites (as in
 /// browsers) because its transcript hash and key schedule use SHA-256, which runs on the
 /// CPU's SHA extensions, where SHA-384 does not (3.4 against 11.8 µs per 4 KiB).
-/// Key-exchange groups stay the provider's classical defaults: X25519, then P-256 and
-/// P-384.
+/// Key-exchange groups stay the provider's defaults without `prefer-post-quantum`:
+/// X25519 first (the one key share sent), then P-256, P-384 and the X25519MLKEM768
+/// hybrid.
 fn probe_crypto_provider() -> CryptoProvider {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider
