@@ -75,17 +75,12 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let prober_remembering = |capacity| {
-            Arc::new(
-                Prober::builder()
-                    .ca_file(&vars["CA_FILE"])
-                    .dns_servers(vec![dns_addr])
-                    .verified_chain_capacity(capacity)
-                    .build()
-                    .unwrap(),
-            )
+        let builder = || {
+            Prober::builder()
+                .ca_file(&vars["CA_FILE"])
+                .dns_servers(vec![dns_addr])
         };
-        let prober = prober_remembering(10_000);
+        let prober = Arc::new(builder().build().unwrap());
         let by_ip = Arc::new(monitor(&format!("https://127.0.0.1:{port}/")));
         let by_name = Arc::new(monitor(&format!("https://{NAME}:{port}/")));
 
@@ -123,7 +118,10 @@ fn main() {
         };
         let sat = saturate(&prober).await;
         sat.print(&format!("saturation, by IP, {concurrency} concurrent, {seconds} s"));
-        let cold = saturate(&prober_remembering(0)).await;
+        let cold = saturate(&Arc::new(
+            builder().verified_chain_capacity(0).build().unwrap(),
+        ))
+        .await;
         cold.print(&format!(
             "saturation, chain validated on every handshake (verified_chain_capacity 0), {concurrency} concurrent, {seconds} s"
         ));

@@ -33,7 +33,7 @@ use crate::probe::ErrorKind;
 pub(crate) struct TlsConfigs {
     verifying: Arc<ClientConfig>,
     insecure: Arc<ClientConfig>,
-    webpki: Arc<RememberingVerifier>,
+    validating: Arc<RememberingVerifier>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -56,7 +56,7 @@ impl TlsConfigs {
                 .add(cert.clone())
                 .map_err(|err| anyhow::anyhow!("extra CA certificate rejected: {err}"))?;
         }
-        let webpki = Arc::new(RememberingVerifier::new(
+        let validating = Arc::new(RememberingVerifier::new(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()?,
             chain_cache_capacity,
@@ -71,12 +71,12 @@ impl TlsConfigs {
             config.resumption = Resumption::disabled();
             Ok(Arc::new(config))
         };
-        let verifying = base(webpki.clone())?;
+        let verifying = base(validating.clone())?;
         let insecure = base(Arc::new(AcceptAnything(provider.clone())))?;
         Ok(TlsConfigs {
             verifying,
             insecure,
-            webpki,
+            validating,
             provider,
         })
     }
@@ -97,7 +97,7 @@ impl TlsConfigs {
         };
         let mut config = ClientConfig::clone(base);
         let inner: Arc<dyn ServerCertVerifier> = if verify {
-            self.webpki.clone()
+            self.validating.clone()
         } else {
             Arc::new(AcceptAnything(self.provider.clone()))
         };
@@ -275,8 +275,18 @@ impl ServerCertVerifier for AcceptAnything {
 }
 
 fn leaf_not_after(der: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(validity(der)?.1, 0)
+}
+
+/// A certificate's not-before and not-after, in Unix seconds; `None` when it does not
+/// parse.
+pub(crate) fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// `TLSv1.3` / `TLSv1.2`, as reported.

@@ -30,7 +30,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::tls::forward_handshake_signatures;
+use super::tls::{forward_handshake_signatures, validity};
 
 /// How long an accepted chain is trusted without validating it again.
 pub(crate) const REVALIDATE_AFTER: Duration = Duration::from_secs(3600);
@@ -166,10 +166,9 @@ fn chain_key(
 fn common_validity<'a>(certs: impl Iterator<Item = &'a CertificateDer<'a>>) -> Option<(u64, u64)> {
     let mut window = (0u64, u64::MAX);
     for der in certs {
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-        let validity = cert.validity();
-        let from = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
-        let until = u64::try_from(validity.not_after.timestamp()).ok()?;
+        let (from, until) = validity(der)?;
+        let from = u64::try_from(from).unwrap_or(0);
+        let until = u64::try_from(until).ok()?;
         window = (window.0.max(from), window.1.min(until));
     }
     Some(window)
