@@ -1,9 +1,11 @@
-//! Leadership: which instance of a datacenter runs that datacenter's monitors.
+//! Leadership: which instance runs a job that must run exactly once. Two scopes use it
+//! ([`LeadershipScope`]): each datacenter elects the instance that runs its monitors, and
+//! the whole system elects the one instance that evaluates incidents.
 //!
-//! Owns the datacenter's Postgres advisory lock, the dedicated connection that holds it,
-//! and the `leader_terms` rows. It publishes the current [`Leadership`] on a `watch`
-//! channel; the runner reacts to changes (starts or stops its scheduler). It does not
-//! schedule, probe or write heartbeats.
+//! Owns the scope's Postgres advisory lock, the dedicated connection that holds it, and
+//! the term rows (`leader_terms` or `evaluator_terms`). It publishes the current
+//! [`Leadership`] on a `watch` channel; the runner reacts to changes (starts or stops its
+//! scheduler or evaluator). It does not schedule, probe, evaluate or write heartbeats.
 //!
 //! The loop, in the manner of river's elector: *bid* (standby: `pg_try_advisory_lock`
 //! every [`ElectionConfig::bid_interval`], or at once when a resigning leader notifies),
@@ -36,12 +38,49 @@ use tokio_util::sync::CancellationToken;
 
 use crate::storage;
 
-/// First key of our two-key advisory locks (ASCII "VANT"); the second is the datacenter
-/// id. The two-key form keeps other applications' one-key locks from colliding with ours.
+/// First key of our two-key advisory locks (ASCII "VANT"); the second names the scope
+/// ([`LeadershipScope::lock_key`]). The two-key form keeps other applications' one-key
+/// locks from colliding with ours.
 const LOCK_NAMESPACE: i32 = 0x5641_4e54;
 
-/// Channel on which a resigning leader tells standbys to bid now; payload: datacenter id.
+/// Channel on which a resigning leader tells standbys to bid now; payload:
+/// [`LeadershipScope::channel_payload`].
 pub const LEADERSHIP_CHANNEL: &str = "vantage_leadership";
+
+/// What a lock elects a leader of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadershipScope {
+    /// The instance that probes this datacenter's monitors; terms in `leader_terms`.
+    Datacenter(i32),
+    /// The one instance of the whole system that evaluates incidents; terms in
+    /// `evaluator_terms`.
+    Evaluator,
+}
+
+impl LeadershipScope {
+    /// Second key of the advisory lock. Datacenter ids are serial (from 1), so 0 is free
+    /// for the evaluator.
+    fn lock_key(self) -> i32 {
+        match self {
+            Self::Datacenter(id) => id,
+            Self::Evaluator => 0,
+        }
+    }
+
+    fn channel_payload(self) -> String {
+        match self {
+            Self::Datacenter(id) => id.to_string(),
+            Self::Evaluator => "evaluator".to_string(),
+        }
+    }
+
+    fn application_name(self) -> String {
+        match self {
+            Self::Datacenter(id) => format!("vantage-leadership-dc{id}"),
+            Self::Evaluator => "vantage-leadership-evaluator".to_string(),
+        }
+    }
+}
 
 /// This instance's part in its datacenter, as published to the rest of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +117,7 @@ pub struct ElectionConfig {
     /// Where the lock connection goes: straight to Postgres, never through a transaction
     /// pooler (PgBouncer in transaction mode breaks session locks and LISTEN).
     pub connect_options: PgConnectOptions,
-    pub datacenter_id: i32,
+    pub scope: LeadershipScope,
     pub agent_id: i64,
     /// How often a standby tries to take the lock.
     pub bid_interval: Duration,
@@ -91,10 +130,10 @@ pub struct ElectionConfig {
 }
 
 impl ElectionConfig {
-    pub fn new(connect_options: PgConnectOptions, datacenter_id: i32, agent_id: i64) -> Self {
+    pub fn new(connect_options: PgConnectOptions, scope: LeadershipScope, agent_id: i64) -> Self {
         Self {
             connect_options,
-            datacenter_id,
+            scope,
             agent_id,
             bid_interval: Duration::from_millis(500),
             check_interval: Duration::from_secs(1),
@@ -109,7 +148,7 @@ impl ElectionConfig {
     fn lock_connection_options(&self) -> PgConnectOptions {
         self.connect_options
             .clone()
-            .application_name(&format!("vantage-leadership-dc{}", self.datacenter_id))
+            .application_name(&self.scope.application_name())
             .options([
                 ("tcp_keepalives_idle", "5"),
                 ("tcp_keepalives_interval", "2"),
@@ -269,14 +308,14 @@ impl Election {
             }
             return;
         };
-        let datacenter = self.config.datacenter_id.to_string();
+        let payload = self.config.scope.channel_payload();
         let deadline = Instant::now() + interval;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = self.shutdown.cancelled() => return,
                 notification = listener.recv() => match notification {
-                    Ok(n) if n.payload() == datacenter => return,
+                    Ok(n) if n.payload() == payload => return,
                     Ok(_) => continue,
                     Err(_) => {
                         // The listener reconnects lazily; notifications sent meanwhile are
@@ -309,13 +348,13 @@ impl Election {
         let acquire = async {
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
                 .bind(LOCK_NAMESPACE)
-                .bind(self.config.datacenter_id)
+                .bind(self.config.scope.lock_key())
                 .fetch_one(&mut *conn)
                 .await?;
             if !locked {
                 return Ok(None);
             }
-            let term = open_term(conn, self.config.datacenter_id, self.config.agent_id).await?;
+            let term = open_term(conn, self.config.scope, self.config.agent_id).await?;
             Ok::<_, sqlx::Error>(Some(term))
         };
         let acquired = timeout(self.config.check_timeout, acquire)
@@ -408,7 +447,7 @@ impl Election {
                AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2)",
         )
         .bind(i64::from(LOCK_NAMESPACE))
-        .bind(i64::from(self.config.datacenter_id))
+        .bind(i64::from(self.config.scope.lock_key()))
         .fetch_one(conn)
         .await
     }
@@ -417,24 +456,17 @@ impl Election {
     /// free while this instance still dispatches.
     async fn resign(&mut self, mut conn: PgConnection, term: i64) {
         self.set(Leadership::Standby);
-        let datacenter_id = self.config.datacenter_id;
+        let scope = self.config.scope;
         let release = async {
             sqlx::query("SELECT pg_advisory_unlock($1, $2)")
                 .bind(LOCK_NAMESPACE)
-                .bind(datacenter_id)
+                .bind(scope.lock_key())
                 .execute(&mut conn)
                 .await?;
-            sqlx::query(
-                "UPDATE leader_terms SET released_at = now() \
-                 WHERE datacenter_id = $1 AND term = $2 AND released_at IS NULL",
-            )
-            .bind(datacenter_id)
-            .bind(term)
-            .execute(&mut conn)
-            .await?;
+            close_term(&mut conn, scope, term).await?;
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(LEADERSHIP_CHANNEL)
-                .bind(datacenter_id.to_string())
+                .bind(scope.channel_payload())
                 .execute(&mut conn)
                 .await?;
             conn.close().await
@@ -457,30 +489,75 @@ impl Election {
     }
 }
 
-/// Opens the next term for the datacenter. Runs on the lock connection while holding the
-/// lock, so terms are strictly increasing. Terms left open by a crashed leader are closed.
+/// Opens the next term of the scope. Runs on the lock connection while holding the lock,
+/// so terms are strictly increasing. Terms left open by a crashed leader are closed.
 async fn open_term(
     conn: &mut PgConnection,
-    datacenter_id: i32,
+    scope: LeadershipScope,
     agent_id: i64,
 ) -> Result<i64, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query(
-        "UPDATE leader_terms SET released_at = now() \
-         WHERE datacenter_id = $1 AND released_at IS NULL",
-    )
-    .bind(datacenter_id)
-    .execute(&mut *tx)
-    .await?;
-    let term: i64 = sqlx::query_scalar(
-        "INSERT INTO leader_terms (datacenter_id, term, agent_id) \
-         SELECT $1, COALESCE(MAX(term), 0) + 1, $2 FROM leader_terms WHERE datacenter_id = $1 \
-         RETURNING term",
-    )
-    .bind(datacenter_id)
-    .bind(agent_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let term = match scope {
+        LeadershipScope::Datacenter(datacenter_id) => {
+            sqlx::query(
+                "UPDATE leader_terms SET released_at = now() \
+                 WHERE datacenter_id = $1 AND released_at IS NULL",
+            )
+            .bind(datacenter_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_scalar(
+                "INSERT INTO leader_terms (datacenter_id, term, agent_id) \
+                 SELECT $1, COALESCE(MAX(term), 0) + 1, $2 FROM leader_terms WHERE datacenter_id = $1 \
+                 RETURNING term",
+            )
+            .bind(datacenter_id)
+            .bind(agent_id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        LeadershipScope::Evaluator => {
+            sqlx::query("UPDATE evaluator_terms SET released_at = now() WHERE released_at IS NULL")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query_scalar(
+                "INSERT INTO evaluator_terms (term, agent_id) \
+                 SELECT COALESCE(MAX(term), 0) + 1, $1 FROM evaluator_terms RETURNING term",
+            )
+            .bind(agent_id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
     tx.commit().await?;
     Ok(term)
+}
+
+async fn close_term(
+    conn: &mut PgConnection,
+    scope: LeadershipScope,
+    term: i64,
+) -> Result<(), sqlx::Error> {
+    match scope {
+        LeadershipScope::Datacenter(datacenter_id) => {
+            sqlx::query(
+                "UPDATE leader_terms SET released_at = now() \
+                 WHERE datacenter_id = $1 AND term = $2 AND released_at IS NULL",
+            )
+            .bind(datacenter_id)
+            .bind(term)
+            .execute(conn)
+            .await?
+        }
+        LeadershipScope::Evaluator => {
+            sqlx::query(
+                "UPDATE evaluator_terms SET released_at = now() \
+                 WHERE term = $1 AND released_at IS NULL",
+            )
+            .bind(term)
+            .execute(conn)
+            .await?
+        }
+    };
+    Ok(())
 }

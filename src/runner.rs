@@ -29,7 +29,7 @@ use crate::agent::{self, AgentIdentity};
 use crate::api::{self, InstanceView};
 use crate::heartbeat::Heartbeat;
 use crate::housekeeping;
-use crate::leadership::{ElectionConfig, Elector, Leadership};
+use crate::leadership::{ElectionConfig, Elector, Leadership, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
 use crate::probe::Prober;
@@ -122,7 +122,11 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     .await
     .context("starting the heartbeat writer")?;
 
-    let mut election = ElectionConfig::new(connect_options.clone(), datacenter_id, agent_id);
+    let mut election = ElectionConfig::new(
+        connect_options.clone(),
+        LeadershipScope::Datacenter(datacenter_id),
+        agent_id,
+    );
     election.outage_grace = args.db_outage_grace;
     let elector = Elector::start(election, shutdown.clone());
 
