@@ -7,8 +7,8 @@
 -- interval; see vantage_missed_slots in sql/migrations/20261130000100_incidents.sql.
 -- Only monitors on an interval schedule are covered (cron slots are not evenly
 -- spaced). A slot is missed only once its result is overdue (interval + timeout).
--- longest_gap is its missed slots times the interval; last_gap_from and last_gap_to
--- are the first and last slots of the most recent gap. Change the window in the
+-- longest_gap is the largest gap's missed slots times the interval; last_gap_from
+-- and last_gap_to are the first and last missed slots of the most recent gap. Change the window in the
 -- `params` line; a monitor created inside the window shows the time before it as
 -- one gap.
 --
