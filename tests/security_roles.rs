@@ -226,13 +226,62 @@ async fn every_documented_query_runs_as_the_reader() {
     assert!(ran >= 6, "only {ran} queries found");
 }
 
+/// Runs `deploy/postgres-init/{script}` as the postgres image would (as the schema
+/// owner, on `db`) with `env`, and returns the URL of `db` for `user` / `password`.
+async fn init_script(db: &TestDb, script: &str, user: &str, password: &str) -> String {
+    let url: url::Url = db.url.parse().unwrap();
+    let bin_dir = vantage::embedded_postgres::find_bin_dir().expect("PostgreSQL binaries");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let password_var = format!("{}_DB_PASSWORD", user.to_ascii_uppercase());
+    let out = tokio::process::Command::new("sh")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/postgres-init")
+                .join(script),
+        )
+        .env("PATH", path)
+        .env("PGHOST", url.host_str().unwrap())
+        .env("PGPORT", url.port().unwrap_or(5432).to_string())
+        .env("PGPASSWORD", url.password().unwrap_or_default())
+        .env("POSTGRES_USER", url.username())
+        .env("POSTGRES_DB", &db.name)
+        .env(&password_var, password)
+        .output()
+        .await
+        .expect("run the init script");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut login: url::Url = db.url.parse().unwrap();
+    login.set_username(user).unwrap();
+    login.set_password(Some(password)).unwrap();
+    login.to_string()
+}
+
+#[tokio::test]
+async fn compose_grafana_login_is_a_reader() {
+    let db = TestDb::fresh().await;
+    let url = init_script(&db, "10-grafana-reader.sh", "grafana", "g-pass").await;
+    let mut grafana = connect(&url).await;
+    assert_denied(&mut grafana, "SELECT headers FROM api_monitors").await;
+    assert_denied(&mut grafana, "SELECT pg_try_advisory_lock(1, 1)").await;
+    assert_allowed(&mut grafana, "SELECT id, name FROM api_monitors").await;
+}
+
 #[tokio::test]
 async fn the_prober_runs_vantage_but_cannot_change_configuration_or_history() {
     let db = TestDb::fresh().await;
     let target = serve_target().await;
     let dc = seed_datacenters(&db.pool, &["va"]).await[0];
     let monitor = seed_monitor(&db.pool, "target-ok", &format!("http://{target}/ok"), 1).await;
-    let prober_url = login(&db, "vantage_prober").await;
+    // The login docker compose gives the probers.
+    let prober_url = init_script(&db, "20-prober.sh", "prober", "p-pass").await;
 
     // A real instance as the prober: registers, leads, probes, writes heartbeats and
     // keeps partitions (housekeeping runs when it takes the lead).
