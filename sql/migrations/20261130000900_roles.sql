@@ -1,4 +1,7 @@
--- Least privilege: three NOLOGIN group roles, each given to logins by the operator
+-- Least privilege, and the per-monitor limits that keep probes' verdicts honest and
+-- their redirects on the right side of the network (first section).
+--
+-- Three NOLOGIN group roles, each given to logins by the operator
 -- (deploy/postgres-init/ does it for docker compose; docs/deployment.md by hand).
 --
 --   vantage_owner   owns every Vantage table, view, sequence and function; runs the
@@ -27,6 +30,56 @@
 -- Roles are cluster-wide while migrations run per database, and test suites migrate
 -- many databases of one cluster at once: creating a role tolerates a concurrent
 -- creator instead of failing.
+
+-- ---------------------------------------------------------------------------------
+-- Per-monitor limits the probe enforces (before the grants below, which list columns)
+-- ---------------------------------------------------------------------------------
+
+-- max_body_bytes: a longer response body fails with body_too_large (responses to HEAD,
+-- 204 and 304 have no body and are never held against it).
+-- redirect_policy: where followed redirects may lead:
+--   safe       a chain that started on a public address may only connect to public
+--              addresses (never loopback, link-local, private, ...), checked on the
+--              addresses DNS returned for each hop
+--   same-host  every redirect stays on the monitor's host name, and `safe` applies
+--   any        anywhere
+ALTER TABLE api_monitors
+    ADD COLUMN max_body_bytes int NOT NULL DEFAULT 1048576,
+    ADD COLUMN redirect_policy text NOT NULL DEFAULT 'safe';
+
+CREATE FUNCTION vantage_check_monitor_limits() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.max_body_bytes IS NULL OR NEW.max_body_bytes < 1 OR NEW.max_body_bytes > 1073741824 THEN
+        PERFORM vantage_reject('api_monitors.max_body_bytes',
+            format('must be between 1 and 1073741824 bytes (1 GiB), such as 1048576 for 1 MiB (got %s)',
+                   coalesce(NEW.max_body_bytes::text, 'NULL')));
+    END IF;
+    NEW.redirect_policy := lower(btrim(NEW.redirect_policy));
+    IF NEW.redirect_policy IS NULL OR NEW.redirect_policy NOT IN ('safe', 'same-host', 'any') THEN
+        PERFORM vantage_reject('api_monitors.redirect_policy',
+            format('must be ''safe'', ''same-host'' or ''any'' (got %s)',
+                   coalesce(quote_literal(NEW.redirect_policy), 'NULL')));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER api_monitors_validate_limits BEFORE INSERT OR UPDATE ON api_monitors
+    FOR EACH ROW EXECUTE FUNCTION vantage_check_monitor_limits();
+
+-- A redirect the policy refused is its own kind of failure.
+ALTER TABLE api_heartbeats DROP CONSTRAINT api_heartbeats_error_kind_check;
+ALTER TABLE api_heartbeats ADD CONSTRAINT api_heartbeats_error_kind_check CHECK (error_kind IN (
+    'dns_nxdomain', 'dns_timeout', 'dns_error',
+    'connect_refused', 'connect_timeout', 'connect_error',
+    'tls_handshake', 'tls_certificate', 'timeout', 'http_protocol',
+    'status_mismatch', 'body_mismatch', 'body_too_large',
+    'redirect_loop', 'too_many_redirects', 'redirect_blocked', 'invalid_request'));
+
+-- ---------------------------------------------------------------------------------
+-- The roles
+-- ---------------------------------------------------------------------------------
 
 DO $$
 DECLARE
