@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 use support::cluster::{
     eventually, heartbeats, seed_datacenters, seed_monitor, serve_target, Instance, InstanceOptions,
 };
