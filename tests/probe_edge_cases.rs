@@ -10,7 +10,10 @@
 //! - 120 response headers and obsolete folded headers are accepted;
 //! - a redirect from a public address to a loopback one is refused after DNS (loopback
 //!   stands in for the internet through `ProberBuilder::public_addresses`), redirects
-//!   within loopback are followed, and query strings never show in messages.
+//!   within loopback are followed, and query strings never show in messages;
+//! - the options are columns of `api_monitors` (validated by the database, applied by
+//!   a running instance, whose heartbeats, logs, `/status` and `/metrics` never show a
+//!   monitor's query string) and flags of `vantage check`.
 
 mod support;
 
@@ -23,8 +26,10 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PKCS_RSA
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use support::cluster::{eventually, seed_datacenters, Instance, InstanceOptions};
 use support::dns::DnsServer;
 use support::http::TestServer;
+use support::pg::TestDb;
 use support::tls::{server_config, Identity, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -503,4 +508,207 @@ async fn query_strings_are_redacted_from_every_redirect_message() {
     let report = probe(&plain(), s).await;
     assert_eq!(report.error_kind, Some(ErrorKind::TooManyRedirects));
     assert!(!report.error_message.unwrap().contains("t0k3n"));
+}
+
+// ---------------------------------------------------------------------------------
+// The options as columns of api_monitors, through a running instance
+// ---------------------------------------------------------------------------------
+
+/// The message of a statement the database refused.
+async fn rejection(pool: &sqlx::PgPool, sql: &str) -> String {
+    match sqlx::raw_sql(sql).execute(pool).await {
+        Err(sqlx::Error::Database(err)) => err.message().to_string(),
+        other => panic!("{sql}: expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_database_validates_the_new_columns_naming_them() {
+    let db = TestDb::fresh().await;
+    sqlx::raw_sql(
+        "INSERT INTO schedules (name, interval_seconds) VALUES ('s', 60);
+         INSERT INTO api_monitors (name, url, schedule_id, redirect_policy)
+         SELECT 'm', 'https://example.com/', id, ' Same-Host ' FROM schedules;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (cap, policy): (i32, String) =
+        sqlx::query_as("SELECT max_body_bytes, redirect_policy FROM api_monitors")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((cap, policy.as_str()), (1 << 20, "same-host"));
+
+    let message = rejection(&db.pool, "UPDATE api_monitors SET max_body_bytes = 0").await;
+    assert!(
+        message.starts_with("api_monitors.max_body_bytes must be between 1 and 1073741824"),
+        "{message}"
+    );
+    let message = rejection(
+        &db.pool,
+        "UPDATE api_monitors SET redirect_policy = 'never'",
+    )
+    .await;
+    assert!(
+        message.starts_with("api_monitors.redirect_policy must be 'safe', 'same-host' or 'any'"),
+        "{message}"
+    );
+}
+
+const TOKEN: &str = "t0ken-never-shown";
+
+#[tokio::test]
+async fn a_running_instance_applies_the_row_and_never_shows_its_query_strings() {
+    let db = TestDb::fresh().await;
+    seed_datacenters(&db.pool, &["va"]).await;
+    let bytes = TestServer::http().await;
+    let looping = Canned::new(redirect_to(&format!("/next?token={TOKEN}"))).await;
+    sqlx::query("INSERT INTO schedules (name, interval_seconds, timeout_ms) VALUES ('1s', 1, 500)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for (name, url, cap) in [
+        ("capped", bytes.url("/bytes/100"), 64),
+        (
+            "looping",
+            looping.url(&format!("/start?token={TOKEN}")),
+            1 << 20,
+        ),
+    ] {
+        let id: i32 = sqlx::query_scalar(
+            "INSERT INTO api_monitors (name, url, schedule_id, all_datacenters, max_body_bytes) \
+             SELECT $1, $2, id, true, $3 FROM schedules WHERE name = '1s' RETURNING id",
+        )
+        .bind(name)
+        .bind(url)
+        .bind(cap)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let mut instance = Instance::start(InstanceOptions {
+        database_url: &db.url,
+        datacenter: "va",
+        name: "va-a",
+        extra_env: vec![("RUST_LOG", "debug".to_string())],
+    });
+    let messages: Vec<(String, String)> = eventually(
+        "a failed heartbeat of each",
+        Duration::from_secs(30),
+        || async {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT DISTINCT ON (monitor_id) error_kind, error_message FROM api_heartbeats \
+                 WHERE error_kind IS NOT NULL ORDER BY monitor_id",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            (rows.len() == 2).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(messages[0].0, "body_too_large", "{messages:?}");
+    assert!(messages[0].1.contains("cap of 64 bytes"), "{messages:?}");
+    assert_eq!(messages[1].0, "redirect_loop", "{messages:?}");
+    assert!(messages[1].1.contains("/next?…"), "{messages:?}");
+
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT coalesce(error_message, '') FROM api_heartbeats")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let status = instance
+        .status()
+        .await
+        .expect("/status answers")
+        .to_string();
+    let metrics = instance.metrics().await.expect("/metrics answers");
+    let logs = instance.logs().join("\n");
+    assert!(logs.contains("instance registered"), "the logs were read");
+    for (what, text) in [
+        ("heartbeats", stored.join("\n")),
+        ("/status", status),
+        ("/metrics", metrics),
+        ("logs", logs),
+    ] {
+        assert!(
+            !text.contains(TOKEN),
+            "{what} shows the query string:\n{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The same options as `vantage check` flags
+// ---------------------------------------------------------------------------------
+
+async fn check(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"))
+        .arg("check")
+        .args(args)
+        .env_remove("VANTAGE_CA_FILE")
+        .env_remove("VANTAGE_DNS_SERVERS")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn check_takes_a_body_cap_and_a_redirect_policy() {
+    let server = TestServer::http().await;
+    let out = check(&["--json", "--max-body", "1k", &server.url("/bytes/2048")]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error_kind"], "body_too_large");
+    assert!(
+        report["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("cap of 1024 bytes (1 KiB)"),
+        "{report}"
+    );
+    let out = check(&["--max-body", "4KiB", &server.url("/bytes/2048")]).await;
+    assert_eq!(out.status.code(), Some(0));
+
+    // Same host name only: 127.0.0.1 -> localhost is another host. Neither the JSON
+    // nor the text shows the query strings.
+    let target = Canned::new(ok()).await;
+    let first = Canned::new(redirect_to(&format!(
+        "http://localhost:{}/?token={TOKEN}",
+        target.addr.port()
+    )))
+    .await;
+    let url = first.url(&format!("/?token={TOKEN}"));
+    let out = check(&["--json", "--redirect-policy", "same-host", &url]).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error_kind"], "redirect_blocked", "{report}");
+    let out = check(&["--redirect-policy", "same-host", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("redirect_blocked"), "{text}");
+    for output in [&text, &String::from_utf8_lossy(&out.stderr)] {
+        assert!(!output.contains(TOKEN), "{output}");
+    }
+    assert_eq!(
+        check(&["--redirect-policy", "any", &url])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // Bad values are usage errors naming the flag or field.
+    let out = check(&["--max-body", "lots", &server.url("/")]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-body"));
+    let out = check(&["--redirect-policy", "never", &server.url("/")]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("redirect_policy: \"never\" is not a redirect policy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
