@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use proptest::prelude::*;
-use vantage::check::{monitor_from_args, parse_byte_size, render, CheckArgs};
+use vantage::check::{monitor_from_args, parse_byte_size, CheckArgs};
 use vantage::probe::dns::parse_dns_servers;
 use vantage::probe::http::StatusSet;
 use vantage::probe::redirect_policy::{is_public, AddressClass};
@@ -258,34 +258,4 @@ proptest! {
         prop_assert_eq!(AddressClass::of(mapped), AddressClass::of(IpAddr::V4(v4)));
         prop_assert_eq!(is_public(IpAddr::V6(v6)), AddressClass::of(IpAddr::V6(v6)).is_none());
     }
-}
-
-#[test]
-fn render_never_shows_the_query_string() {
-    let args = check_args(&["https://example.com/health?token=abc123".into()]).unwrap();
-    let monitor = monitor_from_args(&args).unwrap();
-    let report = vantage::ProbeReport {
-        status: vantage::ProbeStatus::Down,
-        http_status: None,
-        dns_ms: None,
-        connect_ms: None,
-        tls_ms: None,
-        ttfb_ms: None,
-        transfer_ms: None,
-        total_ms: 1.0,
-        response_size_bytes: None,
-        remote_ip: None,
-        http_version: None,
-        tls_version: None,
-        tls_cert_expires_at: None,
-        redirect_count: 0,
-        error_kind: None,
-        error_message: None,
-        response_body: None,
-    };
-    let text = render(&monitor, &report);
-    assert!(
-        text.starts_with("GET https://example.com/health?…\n"),
-        "{text}"
-    );
 }
