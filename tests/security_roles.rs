@@ -283,13 +283,14 @@ async fn the_prober_runs_vantage_but_cannot_change_configuration_or_history() {
     // The login docker compose gives the probers.
     let prober_url = init_script(&db, "20-prober.sh", "prober", "p-pass").await;
 
-    // A real instance as the prober: registers, leads, probes, writes heartbeats and
+    // A real instance as the prober, with the default VANTAGE_AUTO_MIGRATE=true (an
+    // up-to-date schema needs no DDL): registers, leads, probes, writes heartbeats and
     // keeps partitions (housekeeping runs when it takes the lead).
     let mut instance = Instance::start(InstanceOptions {
         database_url: &prober_url,
         datacenter: "va",
         name: "va-prober",
-        extra_env: vec![("VANTAGE_AUTO_MIGRATE", "false".to_string())],
+        extra_env: Vec::new(),
     });
     eventually(
         "heartbeats written by the prober",
