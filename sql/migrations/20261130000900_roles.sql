@@ -233,11 +233,12 @@ ALTER DEFAULT PRIVILEGES FOR ROLE vantage_owner IN SCHEMA public
 -- ---------------------------------------------------------------------------------
 
 -- Function privileges live in this database's catalog, and only a superuser may
--- change those of built-in functions (anyone else's REVOKE is a no-op with a
--- warning). Without one, say what to run rather than leave the locks open silently.
+-- change those of built-in functions. Without one, say in one warning what a superuser
+-- must run, rather than leave the locks open silently.
 DO $$
 DECLARE
     fn regprocedure;
+    todo text := '';
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure
@@ -247,15 +248,19 @@ BEGIN
                             'pg_try_advisory_lock', 'pg_try_advisory_lock_shared',
                             'pg_advisory_xact_lock', 'pg_advisory_xact_lock_shared',
                             'pg_try_advisory_xact_lock', 'pg_try_advisory_xact_lock_shared')
+        ORDER BY p.proname, p.pronargs
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO vantage_owner, vantage_prober', fn);
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
-        IF has_function_privilege('vantage_reader', fn, 'EXECUTE') THEN
-            RAISE WARNING 'vantage_reader can still call %: a superuser must run '
-                '"REVOKE EXECUTE ON FUNCTION % FROM PUBLIC; '
-                'GRANT EXECUTE ON FUNCTION % TO vantage_owner, vantage_prober;" in this database',
-                fn, fn, fn;
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO vantage_owner, vantage_prober', fn);
+            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+        ELSIF has_function_privilege('vantage_reader', fn, 'EXECUTE') THEN
+            todo := todo || format(E'\nGRANT EXECUTE ON FUNCTION %s TO vantage_owner, vantage_prober; '
+                                   'REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC;', fn, fn);
         END IF;
     END LOOP;
+    IF todo <> '' THEN
+        RAISE WARNING 'vantage_reader can still take advisory locks (and so hold leadership): '
+            'a superuser must run in database %:%', current_database(), todo;
+    END IF;
 END
 $$;
