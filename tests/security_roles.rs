@@ -381,3 +381,42 @@ async fn the_owner_role_owns_the_schema() {
     .unwrap();
     assert_eq!(owner, "vantage_owner");
 }
+
+#[tokio::test]
+async fn a_database_owner_that_is_not_a_superuser_can_migrate() {
+    // Managed PostgreSQL: the migrating login owns the database and may create roles,
+    // but is no superuser. Migrations succeed; it becomes a member of vantage_owner;
+    // only the lock functions stay open (a warning says what a superuser must run).
+    let db = TestDb::empty().await;
+    let owner = format!("dbo_{}", db.name);
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{owner}\" LOGIN CREATEROLE NOSUPERUSER PASSWORD 'test';
+         ALTER DATABASE \"{}\" OWNER TO \"{owner}\";",
+        db.name
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut url: url::Url = db.url.parse().unwrap();
+    url.set_username(&owner).unwrap();
+    url.set_password(Some("test")).unwrap();
+    let pool = storage::connect(url.as_str()).await.unwrap();
+    storage::migrate(&pool)
+        .await
+        .expect("migrate as the database owner");
+
+    let member: bool = sqlx::query_scalar("SELECT pg_has_role($1, 'vantage_owner', 'MEMBER')")
+        .bind(&owner)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(member);
+    let mut reader = connect(&login(&db, "vantage_reader").await).await;
+    assert_denied(&mut reader, "SELECT headers FROM api_monitors").await;
+    // Migrating again (nothing pending) and a new partition work as that login.
+    storage::migrate(&pool).await.expect("migrate again");
+    sqlx::query("SELECT vantage_ensure_heartbeat_partition(current_date + 600)")
+        .execute(&pool)
+        .await
+        .unwrap();
+}
