@@ -8,7 +8,8 @@
 //!   run as the reader by tests/grafana_dashboards.rs);
 //! - the prober runs a real `vantage run` (leadership, heartbeats, partitions) while it
 //!   cannot change the configuration or rewrite history;
-//! - the owner owns the schema.
+//! - the owner owns the schema, and a database owner that is no superuser (managed
+//!   PostgreSQL) can still migrate.
 
 mod support;
 
