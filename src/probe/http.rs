@@ -926,7 +926,7 @@ where
     run.phase = Phase::Head;
     let io = TokioIo::new(io);
     // Responses to HEAD carry no body whatever their Content-Length says.
-    let body = BodyRules {
+    let rules = BodyRules {
         keep: keep_body,
         expected: request.method() != Method::HEAD,
     };
@@ -936,7 +936,7 @@ where
             .await
             .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
         let conn = executor.drive(conn);
-        round_trip(conn, sender.send_request(request), monitor, run, body).await
+        round_trip(conn, sender.send_request(request), monitor, run, rules).await
     } else {
         // HTTP/1.1 wants origin-form and a Host header.
         let url_host = host_header(request.uri());
@@ -957,7 +957,7 @@ where
             .handshake(io)
             .await
             .map_err(|e| protocol_error("HTTP/1.1 handshake failed", e))?;
-        round_trip(conn, sender.send_request(request), monitor, run, body).await
+        round_trip(conn, sender.send_request(request), monitor, run, rules).await
     }
 }
 
@@ -977,7 +977,7 @@ async fn round_trip<C, F>(
     send: F,
     monitor: &HttpMonitor,
     run: &mut Run,
-    body: BodyRules,
+    rules: BodyRules,
 ) -> Result<HopResponse, Failure>
 where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -990,7 +990,7 @@ where
         .await
         .and_then(|r| r)
         .map_err(|e| protocol_error("no response", e))?;
-    read_response(response, monitor, run, body, &mut conn, &mut done).await
+    read_response(response, monitor, run, rules, &mut conn, &mut done).await
 }
 
 /// A failed exchange: a TLS error surfacing on the established connection (in TLS 1.3
