@@ -193,7 +193,9 @@ BEGIN
           AND ((c.table_name::text, c.column_name::text) IN (('api_monitors', 'headers'),
                                                              ('api_monitors', 'body'),
                                                              ('notification_channels', 'config'))
-               OR c.column_name::text ~ '(^|_)(secret|secrets|password|token|api_key|private_key|credentials)$')
+               -- Not every *_token: a fencing token is no secret.
+               OR c.column_name::text ~ ('(^|_)(secret|secrets|password|passwd|api_key|apikey|private_key|'
+                                         'signing_key|credentials|access_token|auth_token|bearer_token|bot_token)$'))
         GROUP BY c.table_name
     LOOP
         EXECUTE format('REVOKE SELECT ON %I FROM vantage_reader', tbl.name);
