@@ -31,6 +31,8 @@ pub(crate) struct SpoolFile {
     len: u64,
     /// Rows after `read_offset` (counted when adopted, tracked while appending).
     unread_rows: u64,
+    /// The file ends in part of a line a failed append left and could not cut off.
+    torn: bool,
 }
 
 impl SpoolFile {
@@ -59,6 +61,7 @@ impl SpoolFile {
                     read_offset: 0,
                     len: 0,
                     unread_rows: 0,
+                    torn: false,
                 });
             }
         }
@@ -95,6 +98,7 @@ impl SpoolFile {
                 read_offset: 0,
                 len,
                 unread_rows: 0,
+                torn: false,
             };
             spool.unread_rows = spool.count_lines()?;
             adopted.push(spool);
@@ -106,23 +110,52 @@ impl SpoolFile {
         &self.path
     }
 
-    /// Appends `rows` and fsyncs; returns the bytes written.
+    /// Appends `rows` and fsyncs; returns the rows and bytes written. On failure (disk
+    /// full, read-only) nothing of them counts as written and the file is left as it
+    /// was, so the same rows can be appended again later.
     pub fn append<'a>(
         &mut self,
         rows: impl IntoIterator<Item = &'a Heartbeat>,
     ) -> io::Result<(u64, u64)> {
         let mut buf = Vec::with_capacity(64 * 1024);
+        if self.torn {
+            // End the unreadable tail a failed append left, so the next row starts a
+            // line of its own.
+            buf.push(b'\n');
+        }
         let mut count = 0;
         for row in rows {
             serde_json::to_writer(&mut buf, row)?;
             buf.push(b'\n');
             count += 1;
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(err) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            self.cut_torn_tail();
+            return Err(err);
+        }
         self.len += buf.len() as u64;
         self.unread_rows += count;
+        self.torn = false;
         Ok((count, buf.len() as u64))
+    }
+
+    /// A failed append may have written part of its batch (a disk filling up mid-write):
+    /// cut it off. If even that fails, the part stays as one unreadable line that replay
+    /// skips, and the next append starts on a new line.
+    fn cut_torn_tail(&mut self) {
+        if self.file.set_len(self.len).is_ok() {
+            return;
+        }
+        if let Ok(meta) = self.file.metadata() {
+            if meta.len() > self.len {
+                self.len = meta.len();
+                self.torn = true;
+            }
+        }
     }
 
     /// Reads up to `max` rows after the committed offset. Returns them with the offset
