@@ -500,6 +500,34 @@ mod tests {
     }
 
     #[test]
+    fn scheduler_skips_add_up_across_terms_and_writer_counters_are_exported() {
+        let m = Metrics::new();
+        m.watch_writer(Arc::new(WriterStats::default()));
+        let first = Arc::new(SchedulerStats::default());
+        m.watch_scheduler(first.clone());
+        first.skipped_late.fetch_add(2, Ordering::Relaxed);
+        first.skipped_saturated.fetch_add(1, Ordering::Relaxed);
+        // A new term, a new scheduler: the counts go on from where they were.
+        let second = Arc::new(SchedulerStats::default());
+        m.watch_scheduler(second.clone());
+        second.skipped_late.fetch_add(3, Ordering::Relaxed);
+        for _ in 0..2 {
+            // Scraping twice adds nothing twice.
+            let text = m.render();
+            for expected in [
+                r#"vantage_schedule_skipped_slots_total{reason="late"} 5"#,
+                r#"vantage_schedule_skipped_slots_total{reason="saturated"} 1"#,
+                "vantage_writer_insert_failures_total 0",
+                "vantage_writer_spool_write_failures_total 0",
+                "vantage_writer_dropped_rows_total 0",
+                "vantage_writer_spool_bytes 0",
+            ] {
+                assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+            }
+        }
+    }
+
+    #[test]
     fn every_family_follows_the_naming_conventions() {
         let m = Metrics::new();
         // A labelled family shows up once it has a child.
@@ -524,7 +552,11 @@ mod tests {
             }
             // OpenMetrics names counter families without _total; samples carry it.
             if kind == "counter" {
-                assert!(text.contains(&format!("\n{name}_total{{")), "{name}_total");
+                let sample = format!("\n{name}_total");
+                assert!(
+                    text.contains(&format!("{sample}{{")) || text.contains(&format!("{sample} ")),
+                    "{name}_total"
+                );
             }
         }
     }
