@@ -79,7 +79,7 @@ pub struct RunArgs {
     /// lose. 10ms to 60s.
     #[arg(long, env = "VANTAGE_SPOOL_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_spool_flush_interval)]
     pub spool_flush_interval: Duration,
-    /// The most heartbeats held in memory neither stored nor spooled (about 1 kB each);
+    /// The most heartbeats held in memory neither stored nor spooled (about 0.7 kB each);
     /// past it, while the spool cannot be written, heartbeats are lost and counted.
     #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
     pub writer_memory_rows: u64,

@@ -407,3 +407,43 @@ async fn waiting_for_the_database_costs_next_to_no_cpu() {
         share * 100.0
     );
 }
+
+#[tokio::test]
+async fn sigterm_during_an_outage_exits_within_the_shutdown_budget_and_spools() {
+    let cluster = DedicatedCluster::start().await;
+    let db = cluster.fresh_db().await;
+    let target = serve_target().await;
+    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
+    let monitors = seed_monitors(&db.pool, &format!("http://{target}/ok"), 5).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut leader = instance(&db.url, "va-a", spool.path(), &[]);
+    eventually("a leader probing", Duration::from_secs(30), || async {
+        current_leader(&db.pool, dc).await?;
+        (heartbeats(&db.pool, monitors[0]).await.len() >= 2).then_some(())
+    })
+    .await;
+
+    db.pool.close().await;
+    cluster.stop_server().await;
+    leader
+        .wait_for_log(
+            &["cannot store heartbeats in Postgres"],
+            Duration::from_secs(20),
+        )
+        .await;
+    let asked = std::time::Instant::now();
+    leader.signal(libc::SIGTERM);
+    let summary = leader
+        .wait_for_log(&["heartbeat writer stopped"], Duration::from_secs(30))
+        .await;
+    leader.wait_exit(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    eprintln!("SIGTERM during an outage: exited after {took:.2?}");
+    // README, "Stopping": VANTAGE_SHUTDOWN_TIMEOUT (10 s) + 7 s, under the 20 s grace.
+    assert!(took < Duration::from_secs(17), "exited after {took:?}");
+    assert_eq!(summary_field(&summary, "lost_rows"), 0, "{summary}");
+    assert!(
+        summary_field(&summary, "rows_left_in_spool") > 0,
+        "{summary}"
+    );
+}
