@@ -19,7 +19,7 @@ use support::cluster::{
     agent_id_of, current_leader, eventually, heartbeats, missed_slots, seed_datacenters,
     seed_monitor, serve_target, Instance, InstanceOptions,
 };
-use support::pg::DedicatedCluster;
+use support::pg::{DedicatedCluster, TestDb};
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
@@ -106,42 +106,73 @@ fn summary_field(line: &str, field: &str) -> u64 {
         .unwrap()
 }
 
+/// One datacenter whose leader probes `n` local monitors every second, on a Postgres
+/// the test stops and starts.
+struct Scene {
+    cluster: DedicatedCluster,
+    db: TestDb,
+    monitors: Vec<i32>,
+    leader: Instance,
+}
+
+impl Scene {
+    /// Returns once the leader's heartbeats are stored.
+    async fn start(n: i32, spool: &Path, env: &[(&str, &str)]) -> Scene {
+        let cluster = DedicatedCluster::start().await;
+        let db = cluster.fresh_db().await;
+        let target = serve_target().await;
+        let dc = seed_datacenters(&db.pool, &["va"]).await[0];
+        let monitors = seed_monitors(&db.pool, &format!("http://{target}/ok"), n).await;
+        let leader = instance(&db.url, "va-a", spool, env);
+        eventually("a leader probing", Duration::from_secs(30), || async {
+            current_leader(&db.pool, dc).await?;
+            (heartbeats(&db.pool, monitors[0]).await.len() >= 2).then_some(())
+        })
+        .await;
+        Scene {
+            cluster,
+            db,
+            monitors,
+            leader,
+        }
+    }
+
+    /// Stops Postgres; returns when it stopped, once the leader's writer noticed.
+    async fn outage(&mut self) -> tokio::time::Instant {
+        self.db.pool.close().await;
+        self.cluster.stop_server().await;
+        let stopped_at = tokio::time::Instant::now();
+        self.leader
+            .wait_for_log(
+                &["cannot store heartbeats in Postgres"],
+                Duration::from_secs(20),
+            )
+            .await;
+        stopped_at
+    }
+
+    /// Starts Postgres again; returns a pool on the test's database.
+    async fn recover(&self) -> PgPool {
+        self.cluster.start_server().await;
+        self.cluster.pool(&self.db.name).await
+    }
+}
+
 #[tokio::test]
 async fn a_leader_killed_during_an_outage_loses_at_most_the_flush_interval() {
-    let cluster = DedicatedCluster::start().await;
-    let db = cluster.fresh_db().await;
-    let target = serve_target().await;
-    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
-    let monitors = seed_monitors(&db.pool, &format!("http://{target}/ok"), 5).await;
     let spool = tempfile::tempdir().unwrap();
+    let mut scene = Scene::start(5, spool.path(), &[]).await;
+    let killed_agent = agent_id_of(&scene.db.pool, "va-a").await;
 
-    let mut leader = instance(&db.url, "va-a", spool.path(), &[]);
-    eventually("a leader probing", Duration::from_secs(30), || async {
-        current_leader(&db.pool, dc).await?;
-        (heartbeats(&db.pool, monitors[0]).await.len() >= 3).then_some(())
-    })
-    .await;
-    let killed_agent = agent_id_of(&db.pool, "va-a").await;
-
-    db.pool.close().await;
-    cluster.stop_server().await;
-    let stopped_at = tokio::time::Instant::now();
-    let outage = outage_before_kill();
     // The outage itself is the scenario: the leader probes on, its writer spools.
-    leader
-        .wait_for_log(
-            &["cannot store heartbeats in Postgres"],
-            outage + Duration::from_secs(10),
-        )
-        .await;
-    tokio::time::sleep_until(stopped_at + outage).await;
+    let stopped_at = scene.outage().await;
+    tokio::time::sleep_until(stopped_at + outage_before_kill()).await;
     let killed_at = Utc::now();
-    leader.signal(libc::SIGKILL);
-    leader.wait_exit(Duration::from_secs(10)).await;
+    scene.leader.signal(libc::SIGKILL);
+    scene.leader.wait_exit(Duration::from_secs(10)).await;
 
-    cluster.start_server().await;
-    let pool = cluster.pool(&db.name).await;
-    let _next = instance(&db.url, "va-b", spool.path(), &[]);
+    let pool = scene.recover().await;
+    let _next = instance(&scene.db.url, "va-b", spool.path(), &[]);
 
     // Every heartbeat the killed leader had for a second (the flush interval) was on
     // disk: on a one-second grid, its last stored slot is less than two slots before the
@@ -150,7 +181,8 @@ async fn a_leader_killed_during_an_outage_loses_at_most_the_flush_interval() {
     // loss.
     let bound = chrono::Duration::milliseconds(3_000);
     let safe_until = killed_at - bound;
-    for &monitor in &monitors {
+    let outage = outage_before_kill();
+    for &monitor in &scene.monitors {
         let before_kill = eventually(
             "the spooled heartbeats replayed",
             Duration::from_secs(30),
@@ -243,28 +275,12 @@ async fn a_full_spool_disk_loses_heartbeats_counted_and_logged_and_recovers_at_o
     let Some(disk) = SmallDisk::mount("64k") else {
         return;
     };
-    let cluster = DedicatedCluster::start().await;
-    let db = cluster.fresh_db().await;
-    let target = serve_target().await;
-    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
     // 200 heartbeats a second, ~600 bytes each on disk: 64 kB is full in half a second.
-    let monitors = seed_monitors(&db.pool, &format!("http://{target}/ok"), 200).await;
     let memory_rows = 1_000;
-    let mut leader = instance(
-        &db.url,
-        "va-a",
-        disk.path(),
-        &[("VANTAGE_WRITER_MEMORY_ROWS", "1000")],
-    );
-    eventually("a leader probing", Duration::from_secs(30), || async {
-        current_leader(&db.pool, dc).await?;
-        (heartbeats(&db.pool, monitors[0]).await.len() >= 2).then_some(())
-    })
-    .await;
-
-    db.pool.close().await;
-    cluster.stop_server().await;
-    let rss_before = rss_kb(leader.pid());
+    let mut scene = Scene::start(200, disk.path(), &[("VANTAGE_WRITER_MEMORY_ROWS", "1000")]).await;
+    let rss_before = rss_kb(scene.leader.pid());
+    scene.outage().await;
+    let leader = &mut scene.leader;
     leader
         .wait_for_log(
             &["cannot write the heartbeat spool"],
@@ -305,13 +321,13 @@ async fn a_full_spool_disk_loses_heartbeats_counted_and_logged_and_recovers_at_o
 
     // Postgres returns: what memory holds goes straight in, new heartbeats follow.
     let back_at = Utc::now();
-    cluster.start_server().await;
-    let pool = cluster.pool(&db.name).await;
+    let pool = scene.recover().await;
+    let leader = &mut scene.leader;
     eventually(
         "heartbeats stored within a few seconds of Postgres returning",
         Duration::from_secs(10),
         || async {
-            let beats = heartbeats(&pool, monitors[0]).await;
+            let beats = heartbeats(&pool, scene.monitors[0]).await;
             beats
                 .iter()
                 .any(|b| b.scheduled_at >= back_at)
@@ -371,27 +387,10 @@ async fn a_full_spool_disk_loses_heartbeats_counted_and_logged_and_recovers_at_o
 
 #[tokio::test]
 async fn waiting_for_the_database_costs_next_to_no_cpu() {
-    let cluster = DedicatedCluster::start().await;
-    let db = cluster.fresh_db().await;
-    let target = serve_target().await;
-    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
-    let monitors = seed_monitors(&db.pool, &format!("http://{target}/ok"), 5).await;
     let spool = tempfile::tempdir().unwrap();
-    let mut leader = instance(&db.url, "va-a", spool.path(), &[]);
-    eventually("a leader probing", Duration::from_secs(30), || async {
-        current_leader(&db.pool, dc).await?;
-        (heartbeats(&db.pool, monitors[0]).await.len() >= 2).then_some(())
-    })
-    .await;
-
-    db.pool.close().await;
-    cluster.stop_server().await;
-    leader
-        .wait_for_log(
-            &["cannot store heartbeats in Postgres"],
-            Duration::from_secs(20),
-        )
-        .await;
+    let mut scene = Scene::start(5, spool.path(), &[]).await;
+    scene.outage().await;
+    let leader = &scene.leader;
     let window = Duration::from_secs(5);
     let (cpu_before, started) = (cpu_seconds(leader.pid()), std::time::Instant::now());
     tokio::time::sleep(window).await;
@@ -410,27 +409,10 @@ async fn waiting_for_the_database_costs_next_to_no_cpu() {
 
 #[tokio::test]
 async fn sigterm_during_an_outage_exits_within_the_shutdown_budget_and_spools() {
-    let cluster = DedicatedCluster::start().await;
-    let db = cluster.fresh_db().await;
-    let target = serve_target().await;
-    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
-    let monitors = seed_monitors(&db.pool, &format!("http://{target}/ok"), 5).await;
     let spool = tempfile::tempdir().unwrap();
-    let mut leader = instance(&db.url, "va-a", spool.path(), &[]);
-    eventually("a leader probing", Duration::from_secs(30), || async {
-        current_leader(&db.pool, dc).await?;
-        (heartbeats(&db.pool, monitors[0]).await.len() >= 2).then_some(())
-    })
-    .await;
-
-    db.pool.close().await;
-    cluster.stop_server().await;
-    leader
-        .wait_for_log(
-            &["cannot store heartbeats in Postgres"],
-            Duration::from_secs(20),
-        )
-        .await;
+    let mut scene = Scene::start(5, spool.path(), &[]).await;
+    scene.outage().await;
+    let leader = &mut scene.leader;
     let asked = std::time::Instant::now();
     leader.signal(libc::SIGTERM);
     let summary = leader
