@@ -74,9 +74,9 @@ pub struct RunArgs {
     /// With `false`, an outdated schema is an error telling you to run `vantage migrate`.
     #[arg(long, env = "VANTAGE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_migrate: bool,
-    /// The longest a heartbeat the database has not stored stays in memory only before
-    /// it is written to the spool and fsync'd: what a crash during a database outage can
-    /// lose. 10ms to 60s.
+    /// Once the database has stored nothing for this long, heartbeats that waited this
+    /// long in memory are written to the spool and fsync'd: what a crash during a
+    /// database outage can lose. 10ms to 60s.
     #[arg(long, env = "VANTAGE_SPOOL_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_spool_flush_interval)]
     pub spool_flush_interval: Duration,
     /// The most heartbeats held in memory neither stored nor spooled (about 0.7 kB each);

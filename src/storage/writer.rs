@@ -4,12 +4,14 @@
 //! ...`, one array parameter per column; duplicate keys are harmless (a batch that
 //! meets one is stored again with `ON CONFLICT DO NOTHING`).
 //!
-//! Durability, and its bounds (README, "Guarantees"): a heartbeat Postgres has not
-//! stored within [`WriterConfig::spool_flush_interval`] of its arrival (Postgres away,
-//! or too slow) is appended to a spool file under [`WriterConfig::spool_dir`] and
-//! fsync'd, so a crash during an outage loses at most that interval of heartbeats. A
-//! batch whose insert is still in flight is spooled too; if the insert lands after all,
-//! the replayed copy is a harmless duplicate. The writer then stores from the spool, in
+//! Durability, and its bounds (README, "Guarantees under faults"): once Postgres has
+//! stored nothing for [`WriterConfig::spool_flush_interval`] (it is away, or hung), a
+//! heartbeat it has not stored within that interval of its arrival is appended to a
+//! spool file under [`WriterConfig::spool_dir`] and fsync'd, so a crash during an
+//! outage loses about that interval of heartbeats. A batch whose insert is still in
+//! flight is spooled too; if the insert lands after all, the replayed copy is a
+//! harmless duplicate. While inserts keep landing, a backlog in memory is not spooled:
+//! it drains faster from memory than through the disk. The writer then stores from the spool, in
 //! order, and new heartbeats follow through it until it is drained. A spool left by a
 //! stopped or crashed process is replayed when the next writer starts. A missing daily
 //! partition is created and the batch retried. Shutdown flushes what it can within a
@@ -63,8 +65,9 @@ pub struct WriterConfig {
     pub batch_rows: usize,
     /// ...or when the oldest waiting one is this old.
     pub batch_delay: Duration,
-    /// The longest a heartbeat Postgres has not stored stays in memory only before it is
-    /// written to the spool and fsync'd: what a crash during an outage can lose.
+    /// Once Postgres has stored nothing for this long, heartbeats that have waited this
+    /// long in memory are written to the spool and fsync'd: what a crash during an
+    /// outage can lose.
     pub spool_flush_interval: Duration,
     /// The most heartbeats held in memory neither stored nor spooled. Reaching it spools
     /// them at once; when the spool cannot be written, later heartbeats are lost (and
@@ -268,6 +271,7 @@ impl HeartbeatWriter {
             next_seq: 0,
             retry_at: None,
             backoff: Duration::ZERO,
+            last_stored: Instant::now(),
             spool_trouble: None,
             spooling_logged: false,
             config,
@@ -372,6 +376,8 @@ struct State {
     next_seq: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// When an insert last succeeded (or the writer started).
+    last_stored: Instant,
     spool_trouble: Option<SpoolTrouble>,
     /// "Spooling" was said for the current spell, so it is said once.
     spooling_logged: bool,
@@ -458,13 +464,19 @@ impl State {
         self.own.as_ref().is_some_and(|f| !f.is_drained())
     }
 
-    /// Spools what must not wait in memory any longer: heartbeats Postgres has not
-    /// stored within the flush interval, and, while the own spool is replayed (new rows
-    /// queue behind it anyway), every full batch.
+    /// When heartbeats at risk must go to the spool: once the oldest has waited the
+    /// flush interval while Postgres stored nothing for as long.
+    fn spool_deadline(&self) -> Option<Instant> {
+        let interval = self.config.spool_flush_interval;
+        self.oldest_at_risk()
+            .map(|at| (at + interval).max(self.last_stored + interval))
+    }
+
+    /// Spools what must not wait in memory any longer: heartbeats past the
+    /// [`State::spool_deadline`], and, while the own spool is replayed (new rows queue
+    /// behind it anyway), every full batch.
     fn spool_due(&mut self, now: Instant) {
-        let aged = self
-            .oldest_at_risk()
-            .is_some_and(|at| now >= at + self.config.spool_flush_interval);
+        let aged = self.spool_deadline().is_some_and(|at| now >= at);
         let queued = self.replaying_own() && self.memory.len() >= self.config.batch_rows;
         if aged || queued {
             self.spool_memory(now);
@@ -777,6 +789,7 @@ impl State {
                     }
                 }
                 self.backoff = Duration::ZERO;
+                self.last_stored = Instant::now();
                 if self.stats.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!(
                         buffered = self.rows_at_risk(),
@@ -876,8 +889,7 @@ impl State {
     /// insert that the limits would not let start is not waited for (its in-flight
     /// predecessor's completion wakes the loop instead), so the task never spins.
     fn next_wakeup(&self) -> Option<Instant> {
-        let spool_at = self.oldest_at_risk().map(|at| {
-            let due = at + self.config.spool_flush_interval;
+        let spool_at = self.spool_deadline().map(|due| {
             self.spool_trouble
                 .as_ref()
                 .map_or(due, |t| due.max(t.retry_at))
