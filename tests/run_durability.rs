@@ -19,6 +19,7 @@ use support::cluster::{
     agent_id_of, current_leader, eventually, heartbeats, missed_slots, seed_datacenters,
     seed_monitor, serve_target, Instance, InstanceOptions,
 };
+use support::disk::SmallDisk;
 use support::pg::{DedicatedCluster, TestDb};
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
@@ -216,57 +217,6 @@ async fn a_leader_killed_during_an_outage_loses_at_most_the_flush_interval() {
             "monitor {monitor}: the last stored slot {last} is more than {bound} before the \
              kill at {killed_at}: the outage's heartbeats were lost"
         );
-    }
-}
-
-/// A tmpfs of `size` mounted on a new directory for the test's life.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// `None` (with a message saying why) when the test cannot mount one: it needs root,
-    /// as CI has.
-    fn mount(size: &str) -> Option<SmallDisk> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: mounting a small tmpfs as the spool needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        if !status.success() {
-            eprintln!("SKIPPED: cannot mount a tmpfs ({status}); is this a restricted container?");
-            return None;
-        }
-        Some(SmallDisk { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn spool_files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("heartbeats-"))
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
     }
 }
 

@@ -515,3 +515,54 @@ async fn partition_maintenance_gives_up_on_a_stuck_lock_holder() {
         vec!["api_heartbeats_20320101".to_string()]
     );
 }
+
+#[tokio::test]
+async fn heartbeats_that_cannot_be_spooled_at_shutdown_are_reported_lost_not_spooled() {
+    let Some(disk) = support::disk::SmallDisk::mount("64k") else {
+        return;
+    };
+    let cluster = DedicatedCluster::start().await;
+    let db = cluster.fresh_db().await;
+    let pool = cluster.pool(&db.name).await;
+    cluster.stop_server().await;
+    // Spooled 50 rows (~30 kB) per write: two writes fit, the third fills the disk
+    // halfway through and must leave no torn line behind.
+    let cfg = WriterConfig {
+        batch_rows: 50,
+        ..config(disk.path())
+    };
+    let (tx, writer) = HeartbeatWriter::spawn(pool.clone(), cfg.clone())
+        .await
+        .unwrap();
+    for i in 0..500 {
+        tx.send(heartbeat(1, 1, slot(i)));
+    }
+    let summary = writer.shutdown().await;
+    eprintln!(
+        "spooled {}, lost {}",
+        summary.spooled_rows, summary.lost_rows
+    );
+    assert!(summary.lost_rows >= 300, "{summary:?}");
+    assert!(summary.spooled_rows > 0, "{summary:?}");
+    assert_eq!(
+        summary.spooled_rows + summary.lost_rows,
+        500,
+        "each heartbeat is spooled or lost: {summary:?}"
+    );
+    assert_eq!(
+        summary.rows_left_in_spool, summary.spooled_rows,
+        "{summary:?}"
+    );
+    assert_eq!(summary.stats.dropped_rows, summary.lost_rows, "{summary:?}");
+    assert_eq!(summary.stats.buffered_rows, 0, "{summary:?}");
+    assert!(summary.stats.spool_write_failures >= 1, "{summary:?}");
+    // The spool holds whole lines only: the next writer replays exactly what was saved.
+    cluster.start_server().await;
+    let (_tx, next) = HeartbeatWriter::spawn(pool.clone(), cfg).await.unwrap();
+    wait_for_rows(&pool, summary.spooled_rows as i64, Duration::from_secs(30)).await;
+    let replayed = next.shutdown().await;
+    assert_eq!(
+        replayed.stats.inserted_rows, summary.spooled_rows,
+        "{replayed:?}"
+    );
+}
