@@ -81,8 +81,17 @@ pub struct RunArgs {
     pub spool_flush_interval: Duration,
     /// The most heartbeats held in memory neither stored nor spooled (about 0.7 kB each);
     /// past it, while the spool cannot be written, heartbeats are lost and counted.
-    #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
-    pub writer_memory_rows: u64,
+    #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000, value_parser = parse_writer_memory_rows)]
+    pub writer_memory_rows: usize,
+}
+
+fn parse_writer_memory_rows(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(rows) if (1_000..=10_000_000).contains(&rows) => Ok(rows),
+        _ => Err(format!(
+            "VANTAGE_WRITER_MEMORY_ROWS={text:?} is not a number from 1000 to 10000000"
+        )),
+    }
 }
 
 fn parse_spool_flush_interval(text: &str) -> Result<Duration, String> {
@@ -148,7 +157,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         WriterConfig {
             spool_dir: args.spool_dir.clone(),
             spool_flush_interval: args.spool_flush_interval,
-            memory_rows: usize::try_from(args.writer_memory_rows).unwrap_or(usize::MAX),
+            memory_rows: args.writer_memory_rows,
             shutdown_timeout: SHUTDOWN_WRITER_FLUSH,
             metrics: Some(metrics.clone()),
             ..WriterConfig::default()

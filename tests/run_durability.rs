@@ -379,3 +379,33 @@ async fn sigterm_during_an_outage_exits_within_the_shutdown_budget_and_spools() 
         "{summary}"
     );
 }
+
+#[test]
+fn out_of_range_writer_settings_are_one_line_errors_naming_the_variable() {
+    for (variable, value) in [
+        ("VANTAGE_SPOOL_FLUSH_INTERVAL", "0s"),
+        ("VANTAGE_SPOOL_FLUSH_INTERVAL", "2m"),
+        ("VANTAGE_SPOOL_FLUSH_INTERVAL", "soon"),
+        ("VANTAGE_WRITER_MEMORY_ROWS", "10"),
+        ("VANTAGE_WRITER_MEMORY_ROWS", "lots"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vantage"))
+            .arg("run")
+            .env(
+                "DATABASE_URL",
+                "postgres://vantage:secret@127.0.0.1:1/vantage",
+            )
+            .env("VANTAGE_DATACENTER", "va")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{variable}={value}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(&format!("{variable}=\"{value}\"")),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
+}
