@@ -116,11 +116,11 @@ const HANDOVER_CATCH_UP: Duration = Duration::from_secs(1);
 /// How often start-up says it is still waiting for the database.
 const DATABASE_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The shutdown budget, step by step (README, "Stopping"): resigning leadership, then
-/// in-flight probes (`VANTAGE_SHUTDOWN_TIMEOUT`), then storing what the writer holds
-/// (the rest is spooled, which takes milliseconds), then the remaining tasks and the
-/// pools. With the default 10 s for probes the whole is at most 17 s, under the 20 s
-/// stop grace of the compose file and the Kubernetes example.
+/// The shutdown budget, step by step (README, "Guarantees under faults"): resigning
+/// leadership, then in-flight probes (`VANTAGE_SHUTDOWN_TIMEOUT`), then storing what the
+/// writer holds (the rest is spooled, which takes milliseconds), then the remaining
+/// tasks and the pools. With the default 10 s for probes the whole is at most 17 s,
+/// under the 20 s stop grace of the compose file and the Kubernetes example.
 const SHUTDOWN_RESIGN: Duration = Duration::from_secs(3);
 const SHUTDOWN_WRITER_FLUSH: Duration = Duration::from_secs(3);
 const SHUTDOWN_TEARDOWN: Duration = Duration::from_secs(1);
