@@ -24,6 +24,9 @@ use support::pg::{DedicatedCluster, TestDb};
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
+/// README, "Guarantees under faults": `VANTAGE_SHUTDOWN_TIMEOUT` (10 s) + 7 s.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(17);
+
 /// How long into the outage the leader is killed; `VANTAGE_TEST_OUTAGE_SECS` makes it
 /// longer for the benchmark (BENCHMARKS.md).
 fn outage_before_kill() -> Duration {
@@ -371,8 +374,7 @@ async fn sigterm_during_an_outage_exits_within_the_shutdown_budget_and_spools() 
     leader.wait_exit(Duration::from_secs(30)).await;
     let took = asked.elapsed();
     eprintln!("SIGTERM during an outage: exited after {took:.2?}");
-    // README, "Stopping": VANTAGE_SHUTDOWN_TIMEOUT (10 s) + 7 s, under the 20 s grace.
-    assert!(took < Duration::from_secs(17), "exited after {took:?}");
+    assert!(took < SHUTDOWN_BUDGET, "exited after {took:?}");
     assert_eq!(summary_field(&summary, "lost_rows"), 0, "{summary}");
     assert!(
         summary_field(&summary, "rows_left_in_spool") > 0,
@@ -408,4 +410,33 @@ fn out_of_range_writer_settings_are_one_line_errors_naming_the_variable() {
         );
         assert!(!stderr.contains("secret"), "{stderr}");
     }
+}
+
+#[test]
+fn the_compose_and_kubernetes_stop_graces_agree_and_cover_the_shutdown_budget() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let seconds_after = |file: &str, key: &str| -> u64 {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let at = text
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key} in {file}"))
+            + key.len();
+        text[at..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} in {file} is not a number of seconds"))
+    };
+    let compose = seconds_after("docker-compose.yml", "stop_grace_period:");
+    let kubernetes = seconds_after("docs/deployment.md", "terminationGracePeriodSeconds:");
+    assert_eq!(
+        compose, kubernetes,
+        "compose and Kubernetes give the same grace"
+    );
+    assert!(
+        Duration::from_secs(compose) > SHUTDOWN_BUDGET,
+        "a {compose} s grace does not cover the {SHUTDOWN_BUDGET:?} shutdown budget"
+    );
 }
