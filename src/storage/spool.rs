@@ -1,6 +1,8 @@
 //! Spool files: where the heartbeat writer keeps results it cannot hand to Postgres
 //! and cannot keep in memory. One append-only file of JSON lines per writer, flushed
-//! and fsync'd per batch, read back in order from a committed offset.
+//! and fsync'd per batch, read back in order from a committed offset. An append that
+//! fails (disk full, read-only) is cut off again, so a file holds whole lines only and
+//! the same rows can be appended later.
 //!
 //! Each file is held with an exclusive `flock` for as long as its writer lives, so
 //! concurrent instances sharing a directory never write to or replay each other's file;
