@@ -343,7 +343,10 @@ async fn a_postgres_restart_while_writing_10000_heartbeats_loses_none() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.start_server().await;
     producer.await.unwrap();
-    wait_until(&stats, "recovery", |s| !s.degraded && s.buffered_rows == 0).await;
+    wait_until(&stats, "recovery", |s| {
+        !s.degraded && s.buffered_rows == 0 && s.spooled_rows == 0
+    })
+    .await;
     let summary = writer.shutdown().await;
 
     assert_eq!(count_heartbeats(&pool).await, 10_000, "{summary:?}");

@@ -2,7 +2,9 @@
 //! and cannot keep in memory. One append-only file of JSON lines per writer, flushed
 //! and fsync'd per batch, read back in order from a committed offset. An append that
 //! fails (disk full, read-only) is cut off again, so a file holds whole lines only and
-//! the same rows can be appended later.
+//! the same rows can be appended later. Replay hands out several batches at once
+//! ([`SpoolFile::read_next`]); they may be stored in any order, and the offset commits
+//! only over batches stored contiguously ([`SpoolFile::land`]).
 //!
 //! Each file is held with an exclusive `flock` for as long as its writer lives, so
 //! concurrent instances sharing a directory never write to or replay each other's file;
@@ -11,6 +13,7 @@
 //! inserting a batch and deleting the file) is harmless: heartbeats are slot-keyed and
 //! the writer skips keys already stored.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -30,6 +33,10 @@ pub(crate) struct SpoolFile {
     file: File,
     /// Everything before this offset has been inserted.
     read_offset: u64,
+    /// Batches up to this offset were handed out for inserting (at least `read_offset`).
+    dispatched: u64,
+    /// Batches stored before one handed out earlier: start -> (end, rows).
+    landed: BTreeMap<u64, (u64, u64)>,
     len: u64,
     /// Rows after `read_offset` (counted when adopted, tracked while appending).
     unread_rows: u64,
@@ -61,6 +68,8 @@ impl SpoolFile {
                     path,
                     file,
                     read_offset: 0,
+                    dispatched: 0,
+                    landed: BTreeMap::new(),
                     len: 0,
                     unread_rows: 0,
                     torn: false,
@@ -98,6 +107,8 @@ impl SpoolFile {
                 path,
                 file,
                 read_offset: 0,
+                dispatched: 0,
+                landed: BTreeMap::new(),
                 len,
                 unread_rows: 0,
                 torn: false,
@@ -160,15 +171,16 @@ impl SpoolFile {
         }
     }
 
-    /// Reads up to `max` rows after the committed offset. Returns them with the offset
-    /// to commit once they are stored, and how many lines were unreadable (a torn
-    /// last line after a crash) and skipped.
-    pub fn read_batch(&self, max: usize) -> io::Result<(Vec<Heartbeat>, u64, u64)> {
+    /// Reads the next batch of up to `max` rows after what was handed out already.
+    /// Returns the rows and the byte range they came from, to [`SpoolFile::land`] once
+    /// they are stored. Unreadable lines (a torn last line after a crash) are skipped.
+    pub fn read_next(&mut self, max: usize) -> io::Result<(Vec<Heartbeat>, u64, u64)> {
+        let start = self.dispatched;
         let mut rows = Vec::new();
         let mut skipped = 0;
         let mut buf: Vec<u8> = Vec::new();
         let mut consumed = 0usize;
-        let mut file_pos = self.read_offset;
+        let mut file_pos = start;
         while rows.len() < max {
             if let Some(i) = buf[consumed..].iter().position(|&b| b == b'\n') {
                 parse_line(
@@ -194,13 +206,36 @@ impl SpoolFile {
             self.file.read_exact_at(&mut buf[start..], file_pos)?;
             file_pos += want as u64;
         }
-        Ok((rows, self.read_offset + consumed as u64, skipped))
+        self.dispatched = start + consumed as u64;
+        Ok((rows, start, self.dispatched))
     }
 
-    /// Marks everything before `offset` (holding `rows` rows) as stored.
-    pub fn commit(&mut self, offset: u64, rows: u64) {
-        self.read_offset = offset;
-        self.unread_rows = self.unread_rows.saturating_sub(rows);
+    /// Everything is handed out (in flight or stored): nothing to read for now.
+    pub fn all_dispatched(&self) -> bool {
+        self.dispatched >= self.len
+    }
+
+    /// Reads again from the committed offset: for when nothing of this file is in
+    /// flight (after a failed insert, the batches that landed after it are simply
+    /// stored again, harmlessly).
+    pub fn rewind(&mut self) {
+        self.dispatched = self.read_offset;
+        self.landed.clear();
+    }
+
+    /// Books the batch `[start, end)`, holding `rows` rows, as stored, and commits every
+    /// stored batch now contiguous with the committed offset. Returns the bytes and the
+    /// rows committed.
+    pub fn land(&mut self, start: u64, end: u64, rows: u64) -> (u64, u64) {
+        self.landed.insert(start, (end, rows));
+        let unread_before = self.unread_bytes();
+        let mut committed_rows = 0;
+        while let Some((end, rows)) = self.landed.remove(&self.read_offset) {
+            self.read_offset = end;
+            self.unread_rows = self.unread_rows.saturating_sub(rows);
+            committed_rows += rows;
+        }
+        (unread_before - self.unread_bytes(), committed_rows)
     }
 
     pub fn is_drained(&self) -> bool {
@@ -261,5 +296,83 @@ fn try_lock(file: &File) -> io::Result<bool> {
         Ok(false)
     } else {
         Err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{ProbeReport, ProbeStatus};
+
+    fn rows(n: i64) -> Vec<Heartbeat> {
+        let at = chrono::Utc::now();
+        (0..n)
+            .map(|i| Heartbeat {
+                monitor_id: 1,
+                datacenter_id: 1,
+                scheduled_at: at + chrono::Duration::seconds(i),
+                executed_at: at,
+                agent_id: None,
+                leader_term: None,
+                schedule_lag_ms: 0.0,
+                report: ProbeReport {
+                    status: ProbeStatus::Up,
+                    http_status: Some(200),
+                    dns_ms: None,
+                    connect_ms: None,
+                    tls_ms: None,
+                    ttfb_ms: None,
+                    transfer_ms: None,
+                    total_ms: 1.0,
+                    response_size_bytes: None,
+                    remote_ip: None,
+                    http_version: None,
+                    tls_version: None,
+                    tls_cert_expires_at: None,
+                    redirect_count: 0,
+                    error_kind: None,
+                    error_message: None,
+                    response_body: None,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_stored_out_of_order_commit_only_once_contiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SpoolFile::create(dir.path()).unwrap();
+        let written = rows(30);
+        file.append(&written).unwrap();
+        let batches: Vec<_> = (0..3).map(|_| file.read_next(10).unwrap()).collect();
+        assert!(file.all_dispatched());
+        assert_eq!(batches[1].0, written[10..20]);
+        let range = |i: usize| (batches[i].1, batches[i].2);
+        let ((s0, e0), (s1, e1), (s2, e2)) = (range(0), range(1), range(2));
+        // The last lands first: nothing commits until the ones before it are stored.
+        assert_eq!(file.land(s2, e2, 10), (0, 0));
+        assert_eq!(file.unread_rows(), 30);
+        assert_eq!(file.land(s0, e0, 10), (e0 - s0, 10));
+        assert_eq!(file.land(s1, e1, 10), (e2 - s1, 20));
+        assert!(file.is_drained());
+        assert_eq!(file.unread_rows(), 0);
+    }
+
+    #[test]
+    fn a_rewind_reads_again_from_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SpoolFile::create(dir.path()).unwrap();
+        let written = rows(20);
+        file.append(&written).unwrap();
+        let (_, s0, _) = file.read_next(10).unwrap();
+        let (_, s1, e1) = file.read_next(10).unwrap();
+        // The second batch was stored, the first failed: after a rewind both are read
+        // again (the second is a harmless duplicate), and nothing was committed.
+        assert_eq!(file.land(s1, e1, 10), (0, 0));
+        file.rewind();
+        let (again, start, _) = file.read_next(100).unwrap();
+        assert_eq!(start, s0);
+        assert_eq!(again, written);
+        assert_eq!(file.unread_rows(), 20);
     }
 }

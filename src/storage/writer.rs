@@ -83,7 +83,7 @@ pub struct WriterConfig {
     /// before spooling them.
     pub shutdown_timeout: Duration,
     /// Batches from memory written concurrently (pipelining hides commit latency and
-    /// uses several server processes). Spool replay is one batch at a time.
+    /// uses several server processes); spool replay pipelines as many.
     pub max_inflight: usize,
     /// Where batch sizes and insert latencies are reported, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
@@ -317,10 +317,26 @@ impl Drop for HeartbeatWriter {
 /// Where the rows of an insert came from, so success and failure can be booked.
 enum Source {
     Memory,
-    /// An earlier process's spool (front of the backlog); commit this offset.
-    Backlog(u64),
-    /// This process's spool; commit this offset.
-    Own(u64),
+    /// This byte range of an earlier process's spool (the front of the backlog).
+    Backlog(u64, u64),
+    /// This byte range of this process's spool.
+    Own(u64, u64),
+}
+
+/// Which spool file a replay reads.
+#[derive(Clone, Copy)]
+enum Replay {
+    Backlog,
+    Own,
+}
+
+impl Replay {
+    fn is_source_of(self, batch: &Batch) -> bool {
+        matches!(
+            (self, &batch.source),
+            (Replay::Backlog, Source::Backlog(..)) | (Replay::Own, Source::Own(..))
+        )
+    }
 }
 
 /// A batch being inserted; its rows stay here so a failed (or panicked) insert loses
@@ -612,68 +628,42 @@ impl State {
         while self.start_insert(shutting_down) {}
     }
 
-    /// Whether the limits let another insert start: a spool batch goes alone (its
-    /// offset commits in order); memory batches up to `max_inflight` at once, or one at
-    /// a time while Postgres is failing.
-    fn may_start_insert(&self) -> bool {
-        let limit = if self.stats.degraded.load(Ordering::Relaxed) {
+    /// Inserts in flight at once: `max_inflight` (pipelining hides commit latency), or
+    /// one while Postgres is failing (probing it, not piling up failures).
+    fn insert_limit(&self) -> usize {
+        if self.stats.degraded.load(Ordering::Relaxed) {
             1
         } else {
             self.config.max_inflight.max(1)
-        };
-        self.batches.len() < limit
-            && !self
-                .batches
-                .values()
-                .any(|b| !matches!(b.source, Source::Memory))
+        }
     }
 
-    /// Starts the next insert if one is due; true if it did.
+    fn spool_in_flight(&self) -> bool {
+        self.batches
+            .values()
+            .any(|b| !matches!(b.source, Source::Memory))
+    }
+
+    /// Starts the next insert if one is due; true if it did. Spool batches and memory
+    /// batches never fly together: a spool file's offset commits in order, and memory
+    /// waits behind the own spool anyway.
     fn start_insert(&mut self, shutting_down: bool) -> bool {
-        if !self.may_start_insert() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.batches.len() >= self.insert_limit()
+            || self.retry_at.is_some_and(|t| Instant::now() < t)
+        {
             return false;
         }
         let retrying = self.retry_at.take().is_some();
-        if !shutting_down && self.batches.is_empty() {
-            while let Some(file) = self.backlog.front() {
-                if file.is_drained() {
-                    let file = self.backlog.pop_front().expect("front");
-                    self.remove_spool(file);
-                    continue;
-                }
-                match file.read_batch(self.config.batch_rows) {
-                    Ok((rows, offset, _skipped)) if rows.is_empty() => {
-                        self.backlog.front_mut().expect("front").commit(offset, 0);
-                    }
-                    Ok((rows, offset, _)) => {
-                        self.spawn_insert(Source::Backlog(offset), rows, Instant::now());
-                        return true;
-                    }
-                    Err(err) => {
-                        let file = self.backlog.pop_front().expect("front");
-                        self.leave_spool(file, &err);
-                    }
-                }
-            }
-            if let Some(own) = self.own.as_ref().filter(|f| !f.is_drained()) {
-                match own.read_batch(self.config.batch_rows) {
-                    Ok((rows, offset, _)) if rows.is_empty() => {
-                        self.own.as_mut().expect("own").commit(offset, 0);
-                        return true;
-                    }
-                    Ok((rows, offset, _)) => {
-                        self.spawn_insert(Source::Own(offset), rows, Instant::now());
-                        return true;
-                    }
-                    Err(err) => {
-                        let own = self.own.take().expect("own");
-                        self.leave_spool(own, &err);
-                        return true;
-                    }
-                }
+        let memory_in_flight = self
+            .batches
+            .values()
+            .any(|b| matches!(b.source, Source::Memory));
+        if !shutting_down && !memory_in_flight {
+            if let Some(started) = self.start_spool_insert() {
+                return started;
             }
         }
-        if self.replaying_own() && !shutting_down {
+        if self.spool_in_flight() || (self.replaying_own() && !shutting_down) {
             return false;
         }
         self.retire_own();
@@ -690,14 +680,74 @@ impl State {
         true
     }
 
+    /// Replays the spool: the oldest file of earlier processes first, then the own
+    /// file. `None` when no spool waits; otherwise whether an insert started.
+    fn start_spool_insert(&mut self) -> Option<bool> {
+        while let Some(file) = self.backlog.front() {
+            // A drained file has nothing in flight: every batch of it is committed.
+            if !file.is_drained() {
+                return Some(self.start_replay(Replay::Backlog));
+            }
+            let file = self.backlog.pop_front().expect("front");
+            self.remove_spool(file);
+        }
+        if self.replaying_own() {
+            return Some(self.start_replay(Replay::Own));
+        }
+        None
+    }
+
+    /// Hands out the next batch of a spool file for inserting, alongside the ones in
+    /// flight; true if an insert started (or unreadable lines were passed over).
+    fn start_replay(&mut self, which: Replay) -> bool {
+        let busy = self.batches.values().any(|b| which.is_source_of(b));
+        let file = match which {
+            Replay::Backlog => self.backlog.front_mut(),
+            Replay::Own => self.own.as_mut(),
+        }
+        .expect("a file to replay");
+        if !busy {
+            // Nothing in flight: read on from what is committed (after a failure, what
+            // was handed out after it is read again).
+            file.rewind();
+        }
+        if file.all_dispatched() {
+            return false;
+        }
+        match file.read_next(self.config.batch_rows) {
+            Ok((rows, start, end)) if rows.is_empty() => {
+                // Only unreadable lines: nothing to insert, step over them.
+                let (bytes, _) = file.land(start, end, 0);
+                self.stats.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                true
+            }
+            Ok((rows, start, end)) => {
+                let source = match which {
+                    Replay::Backlog => Source::Backlog(start, end),
+                    Replay::Own => Source::Own(start, end),
+                };
+                self.spawn_insert(source, rows, Instant::now());
+                true
+            }
+            // Leave the file once its batches in flight are back.
+            Err(_) if busy => false,
+            Err(err) => {
+                let file = match which {
+                    Replay::Backlog => self.backlog.pop_front(),
+                    Replay::Own => self.own.take(),
+                }
+                .expect("the file just read");
+                self.leave_spool(file, &err);
+                true
+            }
+        }
+    }
+
     /// Deletes the own spool once everything in it is stored, unless the spool is in
     /// trouble (then the empty file is reused by the next attempt).
     fn retire_own(&mut self) {
         let drained = self.own.as_ref().is_some_and(|f| f.is_drained());
-        let replaying = self
-            .batches
-            .values()
-            .any(|b| matches!(b.source, Source::Own(_)));
+        let replaying = self.batches.values().any(|b| Replay::Own.is_source_of(b));
         if !drained || replaying || self.spool_trouble.is_some() {
             return;
         }
@@ -773,19 +823,16 @@ impl State {
                     Source::Memory => {
                         stats.buffered_rows.fetch_sub(n, Ordering::Relaxed);
                     }
-                    Source::Backlog(offset) | Source::Own(offset) => {
+                    Source::Backlog(start, end) | Source::Own(start, end) => {
                         let file = match inflight.source {
-                            Source::Backlog(_) => self.backlog.front_mut(),
+                            Source::Backlog(..) => self.backlog.front_mut(),
                             _ => self.own.as_mut(),
                         };
                         if let Some(file) = file {
-                            let before = file.unread_bytes();
-                            file.commit(offset, n);
-                            stats
-                                .spool_bytes
-                                .fetch_sub(before - file.unread_bytes(), Ordering::Relaxed);
+                            let (bytes, rows) = file.land(start, end, n);
+                            stats.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                            stats.spooled_rows.fetch_sub(rows, Ordering::Relaxed);
                         }
-                        stats.spooled_rows.fetch_sub(n, Ordering::Relaxed);
                     }
                 }
                 self.backoff = Duration::ZERO;
@@ -894,11 +941,12 @@ impl State {
                 .as_ref()
                 .map_or(due, |t| due.max(t.retry_at))
         });
-        let insert_at = if !self.may_start_insert() {
+        let insert_at = if self.batches.len() >= self.insert_limit() {
             None
         } else if let Some(retry_at) = self.retry_at {
             Some(retry_at)
-        } else if self.replaying_own() {
+        } else if self.replaying_own() || self.spool_in_flight() {
+            // Spool batches start as soon as the limits allow, not at a deadline.
             None
         } else {
             self.memory
