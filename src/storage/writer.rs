@@ -11,11 +11,11 @@
 //! outage loses about that interval of heartbeats. A batch whose insert is still in
 //! flight is spooled too; if the insert lands after all, the replayed copy is a
 //! harmless duplicate. While inserts keep landing, a backlog in memory is not spooled:
-//! it drains faster from memory than through the disk. The writer then stores from the spool, in
-//! order, and new heartbeats follow through it until it is drained. A spool left by a
-//! stopped or crashed process is replayed when the next writer starts. A missing daily
-//! partition is created and the batch retried. Shutdown flushes what it can within a
-//! deadline and spools the rest.
+//! it drains faster from memory than through the disk. The writer then stores from the
+//! spool (several batches in flight, committed in order) and new heartbeats follow
+//! through it until it is drained. A spool left by a stopped or crashed process is
+//! replayed when the next writer starts. A missing daily partition is created and the
+//! batch retried. Shutdown flushes what it can within a deadline and spools the rest.
 //!
 //! Memory holds at most [`WriterConfig::memory_rows`] heartbeats that are neither
 //! stored nor spooled; reaching it spools them at once. Only while the spool cannot be
