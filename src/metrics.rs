@@ -419,6 +419,12 @@ mod tests {
         }
     }
 
+    fn assert_has(text: &str, expected: &[&str]) {
+        for expected in expected {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
     }
@@ -483,19 +489,20 @@ mod tests {
         m.config_reloaded(ReloadResult::Error);
         m.config_reloaded(ReloadResult::Ok);
         let text = m.render();
-        for expected in [
-            r#"vantage_leader{datacenter="syd"} 0"#,
-            r#"vantage_leader_term{datacenter="syd"} 7"#,
-            "vantage_schedule_lag_seconds_count 1",
-            "vantage_writer_batch_rows_sum 500.0",
-            "vantage_writer_insert_duration_seconds_count 1",
-            "vantage_writer_buffered_rows 42",
-            "vantage_writer_spooled_rows 1000",
-            r#"vantage_config_reloads_total{result="ok"} 2"#,
-            r#"vantage_config_reloads_total{result="error"} 1"#,
-        ] {
-            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
-        }
+        assert_has(
+            &text,
+            &[
+                r#"vantage_leader{datacenter="syd"} 0"#,
+                r#"vantage_leader_term{datacenter="syd"} 7"#,
+                "vantage_schedule_lag_seconds_count 1",
+                "vantage_writer_batch_rows_sum 500.0",
+                "vantage_writer_insert_duration_seconds_count 1",
+                "vantage_writer_buffered_rows 42",
+                "vantage_writer_spooled_rows 1000",
+                r#"vantage_config_reloads_total{result="ok"} 2"#,
+                r#"vantage_config_reloads_total{result="error"} 1"#,
+            ],
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 
@@ -513,17 +520,17 @@ mod tests {
         second.skipped_late.fetch_add(3, Ordering::Relaxed);
         for _ in 0..2 {
             // Scraping twice adds nothing twice.
-            let text = m.render();
-            for expected in [
-                r#"vantage_schedule_skipped_slots_total{reason="late"} 5"#,
-                r#"vantage_schedule_skipped_slots_total{reason="saturated"} 1"#,
-                "vantage_writer_insert_failures_total 0",
-                "vantage_writer_spool_write_failures_total 0",
-                "vantage_writer_dropped_rows_total 0",
-                "vantage_writer_spool_bytes 0",
-            ] {
-                assert!(text.contains(expected), "missing {expected:?} in\n{text}");
-            }
+            assert_has(
+                &m.render(),
+                &[
+                    r#"vantage_schedule_skipped_slots_total{reason="late"} 5"#,
+                    r#"vantage_schedule_skipped_slots_total{reason="saturated"} 1"#,
+                    "vantage_writer_insert_failures_total 0",
+                    "vantage_writer_spool_write_failures_total 0",
+                    "vantage_writer_dropped_rows_total 0",
+                    "vantage_writer_spool_bytes 0",
+                ],
+            );
         }
     }
 

@@ -302,48 +302,31 @@ fn try_lock(file: &File) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::{ProbeReport, ProbeStatus};
 
-    fn rows(n: i64) -> Vec<Heartbeat> {
+    /// A spool file holding `n` heartbeats (one monitor, one per second), and them.
+    fn spool_of(n: i64) -> (tempfile::TempDir, SpoolFile, Vec<Heartbeat>) {
         let at = chrono::Utc::now();
-        (0..n)
-            .map(|i| Heartbeat {
-                monitor_id: 1,
-                datacenter_id: 1,
-                scheduled_at: at + chrono::Duration::seconds(i),
-                executed_at: at,
-                agent_id: None,
-                leader_term: None,
-                schedule_lag_ms: 0.0,
-                report: ProbeReport {
-                    status: ProbeStatus::Up,
-                    http_status: Some(200),
-                    dns_ms: None,
-                    connect_ms: None,
-                    tls_ms: None,
-                    ttfb_ms: None,
-                    transfer_ms: None,
-                    total_ms: 1.0,
-                    response_size_bytes: None,
-                    remote_ip: None,
-                    http_version: None,
-                    tls_version: None,
-                    tls_cert_expires_at: None,
-                    redirect_count: 0,
-                    error_kind: None,
-                    error_message: None,
-                    response_body: None,
-                },
+        let rows: Vec<Heartbeat> = (0..n)
+            .map(|i| {
+                // Absent optional fields read as None.
+                serde_json::from_value(serde_json::json!({
+                    "monitor_id": 1, "datacenter_id": 1,
+                    "scheduled_at": at + chrono::Duration::seconds(i), "executed_at": at,
+                    "schedule_lag_ms": 0.0,
+                    "report": { "status": "up", "total_ms": 1.0, "redirect_count": 0 },
+                }))
+                .expect("a heartbeat")
             })
-            .collect()
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SpoolFile::create(dir.path()).unwrap();
+        file.append(&rows).unwrap();
+        (dir, file, rows)
     }
 
     #[test]
     fn batches_stored_out_of_order_commit_only_once_contiguous() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = SpoolFile::create(dir.path()).unwrap();
-        let written = rows(30);
-        file.append(&written).unwrap();
+        let (_dir, mut file, written) = spool_of(30);
         let batches: Vec<_> = (0..3).map(|_| file.read_next(10).unwrap()).collect();
         assert!(file.all_dispatched());
         assert_eq!(batches[1].0, written[10..20]);
@@ -360,10 +343,7 @@ mod tests {
 
     #[test]
     fn a_rewind_reads_again_from_the_committed_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = SpoolFile::create(dir.path()).unwrap();
-        let written = rows(20);
-        file.append(&written).unwrap();
+        let (_dir, mut file, written) = spool_of(20);
         let (_, s0, _) = file.read_next(10).unwrap();
         let (_, s1, e1) = file.read_next(10).unwrap();
         // The second batch was stored, the first failed: after a rewind both are read
