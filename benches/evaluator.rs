@@ -253,6 +253,11 @@ async fn main() -> anyhow::Result<()> {
     let seconds = rounds * per_round as u64;
     let failing = env_or("EVAL_FAILING", 200) as i32;
 
+    // The evaluator says how its rebuild went (EVAL_LOG=vantage=debug for the parts).
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("EVAL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let (_cluster, url) = support::bench_database("vantage_eval_bench").await?;
     let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()

@@ -47,7 +47,8 @@ impl Default for EvaluatorConfig {
     fn default() -> Self {
         Self {
             tick: Duration::from_millis(250),
-            config_reload: Duration::from_secs(5),
+            // Changes arrive by NOTIFY at once; this is the net under lost notifications.
+            config_reload: Duration::from_secs(30),
         }
     }
 }
@@ -192,7 +193,14 @@ struct Evaluation {
     term: i64,
     state: State,
     horizon: Horizon,
+    /// When every monitor and datacenter was last looked at (the ticks in between look
+    /// only at monitors whose flags flipped).
+    decided_fully: Option<Instant>,
 }
+
+/// How often a tick looks at everything: datacenter health depends on the clock (a
+/// silence grows without any heartbeat arriving), and maintenance windows start and end.
+const FULL_DECISION_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(sqlx::FromRow)]
 struct HeartbeatRow {
@@ -226,25 +234,33 @@ impl Evaluation {
     /// horizon for the next read agree.
     async fn resume(pool: PgPool, term: i64) -> Result<Self, EvaluationError> {
         let now = Utc::now();
-        let mut state = State {
-            started_at: Some(now),
-            ..State::default()
-        };
+        let started = Instant::now();
+        let mut state = State::starting(now);
         load_config(&pool, &mut state, now).await?;
+        let config_loaded = started.elapsed();
         let mut tx = begin_snapshot(&pool).await?;
         let horizon = snapshot_horizon(&mut tx).await?;
         state.stored = load_stored_flags(&mut tx).await?;
         state.open = load_open_incidents(&mut tx).await?;
-        for row in replay_recent(&mut tx, &state, now).await? {
+        let replayed = replay_recent(&mut tx, &state, now).await?;
+        tx.commit().await?;
+        let heartbeats = replayed.len();
+        for row in replayed {
             state.observe(row.into());
         }
-        tx.commit().await?;
+        tracing::debug!(
+            config_ms = config_loaded.as_millis() as u64,
+            replay_ms = (started.elapsed() - config_loaded).as_millis() as u64,
+            heartbeats,
+            "evaluation state rebuilt"
+        );
         observe_datacenters(&pool, &mut state, now).await?;
         let evaluation = Self {
             pool,
             term,
             state,
             horizon,
+            decided_fully: None,
         };
         evaluation.expand_maintenance().await;
         Ok(evaluation)
@@ -285,8 +301,15 @@ impl Evaluation {
             self.state.observe(row.into());
         }
         let now = Utc::now();
-        observe_datacenters(&self.pool, &mut self.state, now).await?;
-        let changes = self.state.reconcile(now);
+        let full = self
+            .decided_fully
+            .is_none_or(|at| at.elapsed() >= FULL_DECISION_EVERY);
+        if full {
+            // Leaders and instances only matter to datacenter health, judged in full.
+            observe_datacenters(&self.pool, &mut self.state, now).await?;
+            self.decided_fully = Some(Instant::now());
+        }
+        let changes = self.state.decide(now, full);
         if !changes.is_empty() {
             let opened_ids = persist(&self.pool, self.term, &changes).await?;
             self.state.applied(&changes, &opened_ids);
@@ -517,8 +540,9 @@ struct OpenIncidentRow {
 }
 
 /// The last few heartbeats of every monitor in every datacenter it runs in: enough to
-/// rebuild each streak (twice the larger threshold, so that a flag raised and not yet
-/// stored is raised again). Oldest first.
+/// rebuild each streak on top of its stored flag. The larger threshold covers a flag
+/// raised and not yet stored (flags are stored within a tick, 250 ms, of the heartbeat
+/// that raised them, far less than a slot); one more slot is the margin. Oldest first.
 async fn replay_recent(
     conn: &mut PgConnection,
     state: &State,
@@ -529,7 +553,7 @@ async fn replay_recent(
     let mut limits = Vec::new();
     let mut since = Vec::new();
     for monitor in state.monitors.values() {
-        let slots = 2 * monitor
+        let slots = monitor
             .policy
             .failure_threshold
             .max(monitor.policy.recovery_threshold)
@@ -551,7 +575,7 @@ async fn replay_recent(
              SELECT h.monitor_id, h.datacenter_id, h.scheduled_at, h.status, h.error_kind, h.error_message \
              FROM api_heartbeats h \
              WHERE h.monitor_id = a.monitor_id AND h.datacenter_id = a.datacenter_id \
-               AND h.scheduled_at > a.since \
+               AND h.scheduled_at > a.since AND h.scheduled_at <= $5 \
              ORDER BY h.scheduled_at DESC LIMIT a.slots) h \
          ) recent ORDER BY scheduled_at"
     ))
@@ -559,6 +583,9 @@ async fn replay_recent(
     .bind(&datacenters)
     .bind(&limits)
     .bind(&since)
+    // An upper bound too, so each lookup prunes the partitions created ahead (slots
+    // are never in the future).
+    .bind(now + chrono::Duration::minutes(1))
     .fetch_all(conn)
     .await
 }

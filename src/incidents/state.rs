@@ -279,9 +279,22 @@ pub struct State {
     pub started_at: Option<DateTime<Utc>>,
     pub stored: HashMap<(i32, i32), StoredFlags>,
     pub open: HashMap<IncidentKey, OpenIncident>,
+    /// Impaired datacenters as of the last full decision.
+    troubles: HashMap<i32, Trouble>,
+    /// Monitors whose flags flipped since the last decision.
+    dirty: HashSet<i32>,
 }
 
 impl State {
+    /// An evaluator starting at `now`: datacenters never heard from count as silent from
+    /// then on.
+    pub fn starting(now: DateTime<Utc>) -> Self {
+        Self {
+            started_at: Some(now),
+            ..Self::default()
+        }
+    }
+
     /// Folds one heartbeat into its pair's streaks. Heartbeats must come in slot order
     /// per pair; an older or repeated slot (read twice, or replayed from a spool after
     /// newer ones) is ignored: it cannot change what happened since.
@@ -321,10 +334,12 @@ impl State {
             pair.last_error_kind = observation.error_kind;
             pair.last_error_message = observation.error_message;
         }
+        let mut flipped = false;
         if pair
             .down
             .observe(observation.outcome == Outcome::Down, &policy)
         {
+            flipped = true;
             if pair.down.flagged {
                 pair.down_since = Some(slot);
             } else {
@@ -340,10 +355,14 @@ impl State {
                 .degraded
                 .observe(observation.outcome == Outcome::Degraded, &policy)
         {
+            flipped = true;
             pair.degraded_since = pair.degraded.flagged.then_some(slot);
             if !pair.degraded.flagged {
                 pair.recovered_at = Some(slot);
             }
+        }
+        if flipped {
+            self.dirty.insert(observation.monitor_id);
         }
     }
 
@@ -407,7 +426,7 @@ impl State {
     }
 
     /// Why each troubled datacenter is impaired now.
-    pub fn troubles(&self, now: DateTime<Utc>) -> HashMap<i32, Trouble> {
+    fn compute_troubles(&self, now: DateTime<Utc>) -> HashMap<i32, Trouble> {
         let started = self.started_at.unwrap_or(now);
         let mut troubles = HashMap::new();
         for (dc, period) in self.shortest_period() {
@@ -480,38 +499,72 @@ impl State {
         codes.join(", ")
     }
 
-    /// What must change in the database so that it says what the state says.
-    pub fn reconcile(&self, now: DateTime<Utc>) -> Changes {
+    /// What must change in the database so that it says what the state says. A `full`
+    /// decision looks at every monitor, pair and datacenter (and re-judges datacenter
+    /// health, which depends on the clock); the others only at the monitors whose flags
+    /// flipped since the last decision, which is all that can have changed in between.
+    pub fn decide(&mut self, now: DateTime<Utc>, full: bool) -> Changes {
+        if full {
+            self.troubles = self.compute_troubles(now);
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        self.reconcile(now, (!full).then_some(&dirty))
+    }
+
+    /// A flag that differs from the stored one, to be written.
+    fn flag_change(&self, monitor_id: i32, dc: i32, pair: &Pair) -> Option<FlagChange> {
+        let (failing, degraded) = (pair.down.flagged, pair.degraded.flagged);
+        let stored = self.stored.get(&(monitor_id, dc));
+        if stored.is_some_and(|s| (s.failing, s.degraded) == (failing, degraded)) {
+            return None;
+        }
+        let changed_at = [pair.down_since, pair.degraded_since, pair.recovered_at]
+            .into_iter()
+            .flatten()
+            .max()
+            .or(pair.last_slot);
+        Some(FlagChange {
+            monitor_id,
+            datacenter_id: dc,
+            flags: StoredFlags {
+                failing,
+                degraded,
+                changed_at,
+            },
+            last_error_kind: pair.last_error_kind.clone(),
+            last_error_message: pair.last_error_message.clone(),
+        })
+    }
+
+    /// `only`: the monitors to look at; `None` for everything.
+    fn reconcile(&self, now: DateTime<Utc>, only: Option<&HashSet<i32>>) -> Changes {
         let mut changes = Changes::default();
-        for ((monitor_id, dc), pair) in &self.pairs {
-            let flags = StoredFlags {
-                failing: pair.down.flagged,
-                degraded: pair.degraded.flagged,
-                changed_at: None,
-            };
-            let stored = self.stored.get(&(*monitor_id, *dc)).copied();
-            if stored.map(|s| (s.failing, s.degraded)) != Some((flags.failing, flags.degraded)) {
-                let changed_at = [pair.down_since, pair.degraded_since, pair.recovered_at]
-                    .into_iter()
-                    .flatten()
-                    .max()
-                    .or(pair.last_slot);
-                changes.flags.push(FlagChange {
-                    monitor_id: *monitor_id,
-                    datacenter_id: *dc,
-                    flags: StoredFlags {
-                        changed_at,
-                        ..flags
-                    },
-                    last_error_kind: pair.last_error_kind.clone(),
-                    last_error_message: pair.last_error_message.clone(),
-                });
+        let monitors: Vec<&MonitorConfig> = match only {
+            None => self.monitors.values().collect(),
+            Some(ids) => ids.iter().filter_map(|id| self.monitors.get(id)).collect(),
+        };
+        match only {
+            None => changes.flags.extend(
+                self.pairs
+                    .iter()
+                    .filter_map(|((m, dc), pair)| self.flag_change(*m, *dc, pair)),
+            ),
+            Some(_) => {
+                for monitor in &monitors {
+                    for dc in &monitor.datacenters {
+                        if let Some(pair) = self.pairs.get(&(monitor.id, *dc)) {
+                            changes
+                                .flags
+                                .extend(self.flag_change(monitor.id, *dc, pair));
+                        }
+                    }
+                }
             }
         }
 
-        let troubles = self.troubles(now);
+        let troubles = &self.troubles;
         let mut seen = HashSet::new();
-        for (dc, trouble) in &troubles {
+        for (dc, trouble) in troubles.iter().filter(|_| only.is_none()) {
             let key = IncidentKey::Datacenter(*dc);
             if !self.open.contains_key(&key) {
                 changes.opened.push(Opened {
@@ -530,7 +583,7 @@ impl State {
             }
         }
 
-        for monitor in self.monitors.values() {
+        for monitor in monitors {
             let healthy: Vec<i32> = monitor
                 .datacenters
                 .iter()
@@ -557,21 +610,13 @@ impl State {
                     .filter_map(|dc| self.flag_of(kind, monitor.id, *dc))
                     .collect();
                 let decided = verdict(&monitor.policy, healthy.len(), since);
-                self.reconcile_monitor(
-                    &mut changes,
-                    key,
-                    monitor,
-                    decided,
-                    flagged,
-                    &troubles,
-                    now,
-                );
+                self.reconcile_monitor(&mut changes, key, monitor, decided, flagged, troubles, now);
             }
         }
 
         // Open incidents nothing above vouches for any more: a deleted or disabled
         // monitor, a healed datacenter, alerting on slowness turned off.
-        for (key, incident) in &self.open {
+        for (key, incident) in self.open.iter().filter(|_| only.is_none()) {
             let vouched = match key {
                 IncidentKey::Datacenter(dc) => troubles.contains_key(dc),
                 IncidentKey::Monitor(..) => seen.contains(key),
@@ -778,10 +823,7 @@ mod tests {
     /// Three deployed datacenters with leaders, and `monitors` monitors every second in
     /// all of them.
     fn state(monitors: i32, policy: Policy) -> State {
-        let mut state = State {
-            started_at: Some(t(0)),
-            ..State::default()
-        };
+        let mut state = State::starting(t(0));
         for (id, code) in [(VA, "va"), (NY, "ny"), (LON, "lon")] {
             state.datacenters.insert(
                 id,
@@ -838,7 +880,7 @@ mod tests {
     }
 
     fn apply(state: &mut State, now: DateTime<Utc>) -> Changes {
-        let changes = state.reconcile(now);
+        let changes = state.decide(now, true);
         let ids: Vec<i64> = (0..changes.opened.len())
             .map(|i| 100 + state.open.len() as i64 + i as i64)
             .collect();
@@ -883,6 +925,34 @@ mod tests {
         assert_eq!(first.opened[0].datacenters, BTreeSet::from([VA, NY]));
         assert_eq!(first.opened[0].error_kinds, ["connect_refused"]);
         assert!(first.opened[0].cause.contains("down from ny, va"));
+    }
+
+    #[test]
+    fn decisions_between_full_ones_see_the_monitors_that_flipped() {
+        let mut s = state(2, Policy::default());
+        all_leaders(&mut s, t(0));
+        assert!(s.decide(t(0), true).is_empty());
+        for (m, outcome) in [(1, Outcome::Down), (2, Outcome::Up)] {
+            for slot in [1, 2] {
+                for dc in [VA, NY, LON] {
+                    s.observe(Observation {
+                        monitor_id: m,
+                        datacenter_id: dc,
+                        slot: t(slot),
+                        outcome,
+                        error_kind: None,
+                        error_message: None,
+                    });
+                }
+            }
+        }
+        let changes = s.decide(t(2), false);
+        assert_eq!(
+            opened(&[changes]),
+            [(IncidentKey::Monitor(IncidentKind::MonitorDown, 1), t(2))]
+        );
+        // Nothing flipped since: the next partial decision looks at nothing.
+        assert!(s.decide(t(2), false).flags.is_empty());
     }
 
     #[test]
