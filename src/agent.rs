@@ -1,10 +1,15 @@
 //! This instance's row in `agents`: registered at start, kept alive (last_seen_at and
 //! role) every few seconds and on every leadership change, marked `stopped` at a clean
-//! exit. It reads leadership but never changes it, and touches no other table.
+//! exit. A row lost while running (`DELETE FROM agents`) is re-created under a new id at
+//! the next refresh, and [`Registration::id`] follows it, so heartbeats and terms never
+//! name an agent that does not exist. It reads leadership but never changes it, and
+//! touches no other table.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,15 +46,22 @@ impl AgentIdentity {
     }
 }
 
-/// Inserts or refreshes this instance's row and returns its id. An instance restarted
-/// under the same name keeps its id.
-pub async fn register(pool: &PgPool, identity: &AgentIdentity) -> Result<i64, sqlx::Error> {
+/// One statement for both registering at start (`restarting`: a new `started_at`) and
+/// refreshing while running: a refresh of a row that was deleted re-creates it, under a
+/// new id. `role: None` keeps the row's role (a new row starts as `standby`).
+async fn upsert<'c>(
+    executor: impl PgExecutor<'c>,
+    identity: &AgentIdentity,
+    role: Option<&str>,
+    restarting: bool,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO agents (datacenter_id, instance_name, hostname, version, pid, role) \
-         VALUES ($1, $2, $3, $4, $5, 'standby') \
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'standby')) \
          ON CONFLICT (datacenter_id, instance_name) DO UPDATE SET \
            hostname = EXCLUDED.hostname, version = EXCLUDED.version, pid = EXCLUDED.pid, \
-           started_at = now(), last_seen_at = now(), role = 'standby' \
+           started_at = CASE WHEN $7 THEN now() ELSE agents.started_at END, \
+           last_seen_at = now(), role = COALESCE($6, agents.role) \
          RETURNING id",
     )
     .bind(identity.datacenter_id)
@@ -57,23 +69,65 @@ pub async fn register(pool: &PgPool, identity: &AgentIdentity) -> Result<i64, sq
     .bind(&identity.hostname)
     .bind(&identity.version)
     .bind(i32::try_from(identity.pid).unwrap_or(i32::MAX))
-    .fetch_one(pool)
+    .bind(role)
+    .bind(restarting)
+    .fetch_one(executor)
     .await
 }
 
-async fn touch(pool: &PgPool, agent_id: i64, role: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE agents SET last_seen_at = now(), role = $2 WHERE id = $1")
-        .bind(agent_id)
-        .bind(role)
-        .execute(pool)
-        .await
-        .map(drop)
+/// This instance's registration: who it is and its current `agents.id`. Cheap to clone;
+/// every clone sees a re-registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    identity: Arc<AgentIdentity>,
+    id: Arc<AtomicI64>,
+}
+
+impl Registration {
+    /// Inserts or refreshes this instance's row at start. An instance restarted under the
+    /// same name keeps its id.
+    pub async fn start(pool: &PgPool, identity: AgentIdentity) -> Result<Self, sqlx::Error> {
+        let id = upsert(pool, &identity, Some("standby"), true).await?;
+        Ok(Self {
+            identity: Arc::new(identity),
+            id: Arc::new(AtomicI64::new(id)),
+        })
+    }
+
+    /// The id of the row as last seen; changes only when the row was lost and re-created.
+    pub fn id(&self) -> i64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    pub fn identity(&self) -> &AgentIdentity {
+        &self.identity
+    }
+
+    /// Refreshes `last_seen_at` (and `role`, when given), re-creating the row if it is
+    /// missing; returns the (possibly new) id. Any part of the process about to write this
+    /// id somewhere (the elector, into a term) calls it first.
+    pub async fn refresh<'c>(
+        &self,
+        executor: impl PgExecutor<'c>,
+        role: Option<&str>,
+    ) -> Result<i64, sqlx::Error> {
+        let id = upsert(executor, &self.identity, role, false).await?;
+        let previous = self.id.swap(id, Ordering::Relaxed);
+        if previous != id {
+            tracing::warn!(
+                previous_agent_id = previous,
+                agent_id = id,
+                "this instance's agents row was missing; registered it again"
+            );
+        }
+        Ok(id)
+    }
 }
 
 /// Keeps the row current until `shutdown`, then marks it `stopped`.
 pub fn spawn_liveness(
     pool: PgPool,
-    agent_id: i64,
+    registration: Registration,
     mut leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -89,11 +143,11 @@ pub fn spawn_liveness(
             let role = leadership.borrow().role_name();
             // A database outage is reported by the writer and the elector; here a failed
             // refresh only means the row is a little stale.
-            if let Err(err) = touch(&pool, agent_id, role).await {
+            if let Err(err) = registration.refresh(&pool, Some(role)).await {
                 tracing::debug!(error = %err, "could not refresh agents.last_seen_at");
             }
         }
-        if let Err(err) = touch(&pool, agent_id, "stopped").await {
+        if let Err(err) = registration.refresh(&pool, Some("stopped")).await {
             tracing::warn!(error = %err, "could not mark this instance stopped in agents");
         }
     })

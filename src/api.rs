@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Registration;
 use crate::leadership::Leadership;
 use crate::metrics::{self, Metrics};
 use crate::storage::WriterStats;
@@ -31,7 +32,7 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct InstanceView {
     pub datacenter: String,
     pub instance_name: String,
-    pub agent_id: i64,
+    pub agent: Registration,
     pub leadership: watch::Receiver<Leadership>,
     pub monitors_scheduled: Arc<AtomicUsize>,
     pub writer: Arc<WriterStats>,
@@ -63,7 +64,7 @@ impl InstanceView {
         StatusBody {
             datacenter: self.datacenter.clone(),
             instance_name: self.instance_name.clone(),
-            agent_id: self.agent_id,
+            agent_id: self.agent.id(),
             role: leadership.role_name(),
             term: leadership.term(),
             lock_confirmed: matches!(

@@ -26,10 +26,27 @@
 //! instance holds the lock, or when the grace runs out. A standby that took over in the
 //! meantime probes the same deterministic slots, and heartbeats are keyed by slot, so the
 //! overlap cannot create duplicate rows. Set the grace to zero for strict self-fencing.
+//!
+//! A *hung* leader is another matter: a stopped process (SIGSTOP, a frozen VM) keeps its
+//! TCP session, so the lock never frees by itself. Hence a lease. The leader renews its
+//! term row (`renewed_at`) at every check; a standby that sees the holder's backend and
+//! lease unchanged for [`ElectionConfig::lease`] ends that backend
+//! (`pg_terminate_backend`) and bids. The leader, for its part, may start work only
+//! within half a lease of its last confirmation ([`Elector::lease_until`]): a resumed
+//! leader's timers all fire at once, but that instant lies in the past, so nothing is
+//! dispatched until the elector has confirmed the lock again; when it finds its session
+//! gone it fences at once, without the outage grace (the lease had run out, so a standby
+//! may already lead). During a database outage the grace keeps extending the lease as
+//! long as the elector itself keeps running on time.
+//!
+//! Lost bookkeeping is re-created rather than fatal: a deleted term row is re-inserted at
+//! the next renewal, and a deleted `agents` row is re-registered before a term names it
+//! ([`ElectionConfig::with_registration`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
@@ -37,12 +54,23 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Registration;
 use crate::storage;
 
 /// First key of our two-key advisory locks (ASCII "VANT"); the second names the scope
 /// ([`LeadershipScope::lock_key`]). The two-key form keeps other applications' one-key
 /// locks from colliding with ours.
 const LOCK_NAMESPACE: i32 = 0x5641_4e54;
+
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The shortest lease the default check settings allow (see [`ElectionConfig::lease`]).
+pub const MIN_LEASE: Duration = CHECK_INTERVAL.saturating_add(CHECK_TIMEOUT).saturating_mul(2);
+
+/// [`ElectionConfig::lease`] unless configured: a hung leader is replaced about this long
+/// after it stopped renewing.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Channel on which a resigning leader tells standbys to bid now; payload:
 /// [`LeadershipScope::channel_payload`].
@@ -79,6 +107,46 @@ impl LeadershipScope {
         match self {
             Self::Datacenter(id) => format!("vantage-leadership-dc{id}"),
             Self::Evaluator => "vantage-leadership-evaluator".to_string(),
+        }
+    }
+
+    fn terms(self) -> Terms {
+        match self {
+            Self::Datacenter(id) => Terms {
+                table: "leader_terms",
+                key: Some(("datacenter_id", id)),
+            },
+            Self::Evaluator => Terms {
+                table: "evaluator_terms",
+                key: None,
+            },
+        }
+    }
+}
+
+/// Where a scope's terms live: a table, and the column naming the scope in it (the
+/// evaluator's table holds one scope). Only these constants and our own integer ids are
+/// formatted into SQL.
+struct Terms {
+    table: &'static str,
+    key: Option<(&'static str, i32)>,
+}
+
+impl Terms {
+    /// The condition selecting this scope's rows.
+    fn filter(&self) -> String {
+        match self.key {
+            Some((column, id)) => format!("{column} = {id}"),
+            None => "TRUE".to_string(),
+        }
+    }
+
+    /// The scope's column and value, each followed by a comma, to put before `term` in an
+    /// INSERT (empty for a single-scope table).
+    fn key_column_and_value(&self) -> (String, String) {
+        match self.key {
+            Some((column, id)) => (format!("{column}, "), format!("{id}, ")),
+            None => (String::new(), String::new()),
         }
     }
 }
@@ -128,6 +196,15 @@ pub struct ElectionConfig {
     pub check_timeout: Duration,
     /// How long a leader that lost its lock connection keeps leading while reconnecting.
     pub outage_grace: Duration,
+    /// How long a standby waits, seeing the holder's lease unrenewed, before it ends the
+    /// holder's session and takes over. The leader starts work only within half of it
+    /// since its last confirmation, so it has stopped well before a standby acts. Half of
+    /// it must cover one check interval plus a check that takes its whole timeout (see
+    /// [`MIN_LEASE`]), or a healthy leader would pause between confirmations.
+    pub lease: Duration,
+    /// This instance's `agents` registration, re-created before a term names it if the
+    /// row was lost. Without it, terms name `agent_id` (or nobody, if that row is gone).
+    pub registration: Option<Registration>,
 }
 
 impl ElectionConfig {
@@ -137,10 +214,28 @@ impl ElectionConfig {
             scope,
             agent_id,
             bid_interval: Duration::from_millis(500),
-            check_interval: Duration::from_secs(1),
-            check_timeout: Duration::from_secs(2),
+            check_interval: CHECK_INTERVAL,
+            check_timeout: CHECK_TIMEOUT,
             outage_grace: Duration::from_secs(120),
+            lease: DEFAULT_LEASE,
+            registration: None,
         }
+    }
+
+    pub fn with_registration(mut self, registration: Registration) -> Self {
+        self.registration = Some(registration);
+        self
+    }
+
+    /// How long after a confirmation the leader may still start work.
+    fn dispatch_validity(&self) -> Duration {
+        self.lease / 2
+    }
+
+    fn agent_id(&self) -> i64 {
+        self.registration
+            .as_ref()
+            .map_or(self.agent_id, Registration::id)
     }
 
     /// Session settings that make the *server* notice a vanished client quickly, so a
@@ -164,6 +259,7 @@ impl ElectionConfig {
 /// given to [`Elector::start`] and await [`Elector::stopped`].
 pub struct Elector {
     leadership: watch::Receiver<Leadership>,
+    lease_until: watch::Receiver<Option<Instant>>,
     task: JoinHandle<()>,
 }
 
@@ -171,16 +267,30 @@ impl Elector {
     /// Starts bidding. On `shutdown` the elector resigns (if leading) and its task ends.
     pub fn start(config: ElectionConfig, shutdown: CancellationToken) -> Self {
         let (publish, leadership) = watch::channel(Leadership::Standby);
+        let (lease, lease_until) = watch::channel(None);
         let task = tokio::spawn(
             Election {
                 config,
                 publish,
+                lease,
                 shutdown,
                 listener: None,
+                observed: None,
             }
             .run(),
         );
-        Self { leadership, task }
+        Self {
+            leadership,
+            lease_until,
+            task,
+        }
+    }
+
+    /// Until when this instance may start leader work (dispatch probes): `None` while not
+    /// leading. Consult it right before starting work, not only on changes: after a stall
+    /// the instant lies in the past although nothing has changed yet.
+    pub fn lease_until(&self) -> watch::Receiver<Option<Instant>> {
+        self.lease_until.clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Leadership> {
@@ -200,8 +310,21 @@ impl Elector {
 struct Election {
     config: ElectionConfig,
     publish: watch::Sender<Leadership>,
+    lease: watch::Sender<Option<Instant>>,
     shutdown: CancellationToken,
     listener: Option<PgListener>,
+    /// A standby's last view of the holder's lease.
+    observed: Option<ObservedLease>,
+}
+
+/// The lock holder as a standby saw it: its backend and the lease it last renewed, and
+/// since when (on the standby's own clock) neither has changed. Judging on the
+/// standby's clock needs no agreement between the machines' clocks.
+#[derive(Debug, Clone, Copy)]
+struct ObservedLease {
+    pid: i32,
+    renewed_at: Option<DateTime<Utc>>,
+    since: Instant,
 }
 
 /// Why a period of leadership ended.
@@ -211,6 +334,8 @@ enum LeadEnd {
     ConnectionLost {
         term: i64,
     },
+    /// Fenced: the lock is lost, or the lease ran out before the failure was seen.
+    Fenced,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +351,8 @@ enum Recovery {
     Regained(PgConnection, i64),
     LostToAnother,
     GraceExpired,
+    /// The elector itself was stalled past its lease while riding out the outage.
+    Stalled,
     Shutdown,
 }
 
@@ -244,6 +371,7 @@ impl Election {
                         self.resign(conn, term).await;
                         return;
                     }
+                    LeadEnd::Fenced => break,
                     LeadEnd::ConnectionLost { term: old_term } => {
                         drop(conn);
                         match self.recover(old_term).await {
@@ -251,12 +379,14 @@ impl Election {
                                 conn = new_conn;
                                 term = new_term;
                             }
-                            Recovery::LostToAnother | Recovery::GraceExpired => {
-                                self.set(Leadership::Standby);
+                            Recovery::LostToAnother
+                            | Recovery::GraceExpired
+                            | Recovery::Stalled => {
+                                self.step_down();
                                 break;
                             }
                             Recovery::Shutdown => {
-                                self.set(Leadership::Standby);
+                                self.step_down();
                                 return;
                             }
                         }
@@ -280,7 +410,15 @@ impl Election {
             if let Some(c) = conn.as_mut() {
                 match self.try_acquire(c).await {
                     Ok(Some(term)) => return conn.map(|c| (c, term)),
-                    Ok(None) => {}
+                    Ok(None) => match self.end_stale_holder(c).await {
+                        // Its lock is free now: bid again at once.
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "reading the leader's lease failed; reconnecting");
+                            conn = None;
+                        }
+                    },
                     Err(err) => {
                         tracing::warn!(error = %err, "leadership bid failed; reconnecting");
                         conn = None;
@@ -346,6 +484,7 @@ impl Election {
 
     /// One bid. `Ok(Some(term))` when this instance became leader.
     async fn try_acquire(&self, conn: &mut PgConnection) -> Result<Option<i64>, BidError> {
+        let sent = Instant::now();
         let acquire = async {
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
                 .bind(LOCK_NAMESPACE)
@@ -355,7 +494,11 @@ impl Election {
             if !locked {
                 return Ok(None);
             }
-            let term = open_term(conn, self.config.scope, self.config.agent_id).await?;
+            let agent_id = match &self.config.registration {
+                Some(registration) => registration.refresh(&mut *conn, None).await?,
+                None => self.config.agent_id,
+            };
+            let term = open_term(conn, self.config.scope, agent_id).await?;
             Ok::<_, sqlx::Error>(Some(term))
         };
         let acquired = timeout(self.config.check_timeout, acquire)
@@ -363,24 +506,25 @@ impl Election {
             .map_err(|_| BidError::TimedOut(self.config.check_timeout))??;
         if let Some(term) = acquired {
             tracing::info!(term, "acquired leadership");
-            self.set(Leadership::Leader {
-                term,
-                lock_confirmed: true,
-            });
+            self.confirmed(term, sent);
         }
         Ok(acquired)
     }
 
-    /// Leader loop: confirms the lock every check interval until shutdown or failure.
+    /// Leader loop: renews the lease every check interval until shutdown or failure.
     async fn lead(&mut self, conn: &mut PgConnection, term: i64) -> LeadEnd {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return LeadEnd::Shutdown,
                 _ = sleep(self.config.check_interval) => {}
             }
-            let check = timeout(self.config.check_timeout, self.holds_lock(conn)).await;
+            let sent = Instant::now();
+            let check = timeout(self.config.check_timeout, self.renew(conn, term)).await;
             let failure = match check {
-                Ok(Ok(true)) => continue,
+                Ok(Ok(true)) => {
+                    self.confirmed(term, sent);
+                    continue;
+                }
                 Ok(Ok(false)) => "the lock is no longer held by this session".to_string(),
                 Ok(Err(err)) => err.to_string(),
                 Err(_) => format!(
@@ -388,9 +532,17 @@ impl Election {
                     self.config.check_timeout.as_millis()
                 ),
             };
+            if !self.lease_valid() {
+                // Stalled (stopped process, frozen VM, starved runtime) until the lease ran
+                // out: a standby may have ended this session and taken over, so riding out
+                // an "outage" would mean probing beside it.
+                tracing::error!(term, reason = %failure, "lost the leadership lock after this instance was stalled past its lease; fencing now");
+                self.step_down();
+                return LeadEnd::Fenced;
+            }
             if self.config.outage_grace.is_zero() {
                 tracing::error!(term, reason = %failure, "lost the leadership lock connection; fencing now");
-                self.set(Leadership::Standby);
+                self.step_down();
             } else {
                 tracing::warn!(
                     term,
@@ -408,55 +560,168 @@ impl Election {
     }
 
     /// After losing the lock connection: reconnect and re-take the lock within the grace.
+    /// Meanwhile the lease is extended for as long as this loop itself runs on time.
     async fn recover(&mut self, old_term: i64) -> Recovery {
         if self.config.outage_grace.is_zero() {
             return Recovery::GraceExpired;
         }
         let give_up_at = Instant::now() + self.config.outage_grace;
-        loop {
-            if Instant::now() >= give_up_at {
-                tracing::error!(
-                    term = old_term,
-                    "database unreachable past the outage grace; stopping probes"
-                );
-                return Recovery::GraceExpired;
-            }
-            if let Some(mut conn) = self.connect().await {
-                match self.try_acquire(&mut conn).await {
-                    Ok(Some(term)) => return Recovery::Regained(conn, term),
-                    Ok(None) => {
-                        tracing::warn!(
-                            term = old_term,
-                            "another instance holds the leadership lock; stepping down"
-                        );
-                        return Recovery::LostToAnother;
+        let attempts = async {
+            loop {
+                if Instant::now() >= give_up_at {
+                    tracing::error!(
+                        term = old_term,
+                        "database unreachable past the outage grace; stopping probes"
+                    );
+                    return Recovery::GraceExpired;
+                }
+                if let Some(mut conn) = self.connect().await {
+                    match self.try_acquire(&mut conn).await {
+                        Ok(Some(term)) => return Recovery::Regained(conn, term),
+                        Ok(None) => {
+                            tracing::warn!(
+                                term = old_term,
+                                "another instance holds the leadership lock; stepping down"
+                            );
+                            return Recovery::LostToAnother;
+                        }
+                        Err(err) => tracing::debug!(error = %err, "re-taking the lock failed"),
                     }
-                    Err(err) => tracing::debug!(error = %err, "re-taking the lock failed"),
+                }
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Recovery::Shutdown,
+                    _ = sleep(self.config.bid_interval) => {}
                 }
             }
+        };
+        // Connecting may take longer than the lease's validity; the extension runs beside
+        // it, so only a stall of the whole process lets the lease run out.
+        let mut keep_alive = tokio::time::interval(self.config.bid_interval);
+        tokio::pin!(attempts);
+        loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Recovery::Shutdown,
-                _ = sleep(self.config.bid_interval) => {}
+                recovery = &mut attempts => return recovery,
+                _ = keep_alive.tick() => {
+                    if !self.extend_unconfirmed() {
+                        tracing::error!(term = old_term, "stalled past the lease while the database was unreachable; fencing now");
+                        return Recovery::Stalled;
+                    }
+                }
             }
         }
     }
 
-    async fn holds_lock(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
-               AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2)",
-        )
+    /// Confirms the lock and renews the lease; re-creates the term row if it was lost.
+    /// `Ok(false)`: this session no longer holds the lock.
+    async fn renew(&self, conn: &mut PgConnection, term: i64) -> Result<bool, sqlx::Error> {
+        let terms = self.config.scope.terms();
+        let agent_id = self.config.agent_id();
+        let (held, renewed): (bool, bool) = sqlx::query_as(&format!(
+            "WITH held AS (SELECT EXISTS (SELECT 1 FROM pg_locks \
+               WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
+                 AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2) AS held), \
+             renewed AS (UPDATE {table} SET renewed_at = clock_timestamp(), \
+                   agent_id = (SELECT id FROM agents WHERE id = $4) \
+               WHERE {filter} AND term = $3 AND released_at IS NULL AND (SELECT held FROM held) \
+               RETURNING 1) \
+             SELECT (SELECT held FROM held), EXISTS (SELECT 1 FROM renewed)",
+            table = terms.table,
+            filter = terms.filter(),
+        ))
         .bind(i64::from(LOCK_NAMESPACE))
         .bind(i64::from(self.config.scope.lock_key()))
-        .fetch_one(conn)
-        .await
+        .bind(term)
+        .bind(agent_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        if held && !renewed {
+            tracing::warn!(
+                term,
+                table = terms.table,
+                "this leader's term row was missing or closed; writing it again"
+            );
+            let (key_column, key_value) = terms.key_column_and_value();
+            sqlx::query(&format!(
+                "INSERT INTO {table} ({key_column}term, agent_id, renewed_at) \
+                 VALUES ({key_value}$1, (SELECT id FROM agents WHERE id = $2), clock_timestamp()) \
+                 ON CONFLICT ({key_column}term) DO UPDATE SET released_at = NULL, \
+                   renewed_at = EXCLUDED.renewed_at, agent_id = EXCLUDED.agent_id",
+                table = terms.table,
+            ))
+            .bind(term)
+            .bind(agent_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(held)
+    }
+
+    /// Standby: if the lock holder's lease has not moved for a whole lease, ends the
+    /// holder's backend. `Ok(true)` when it did, so the lock is free to bid for.
+    async fn end_stale_holder(&mut self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        let terms = self.config.scope.terms();
+        // Advisory locks are per database, and one cluster serves many: only this
+        // database's holder counts.
+        let holder: Option<(i32, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
+            "SELECT l.pid, t.renewed_at FROM pg_locks l \
+             LEFT JOIN LATERAL (SELECT renewed_at FROM {table} \
+                 WHERE {filter} AND released_at IS NULL ORDER BY term DESC LIMIT 1) t ON true \
+             WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 2",
+            table = terms.table,
+            filter = terms.filter(),
+        ))
+        .bind(i64::from(LOCK_NAMESPACE))
+        .bind(i64::from(self.config.scope.lock_key()))
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((pid, renewed_at)) = holder else {
+            self.observed = None;
+            return Ok(false);
+        };
+        let since = match self.observed {
+            Some(seen) if seen.pid == pid && seen.renewed_at == renewed_at => seen.since,
+            _ => {
+                self.observed = Some(ObservedLease {
+                    pid,
+                    renewed_at,
+                    since: Instant::now(),
+                });
+                return Ok(false);
+            }
+        };
+        let stale_for = since.elapsed();
+        if stale_for < self.config.lease {
+            return Ok(false);
+        }
+        self.observed = None;
+        tracing::warn!(
+            holder_pid = pid,
+            ?renewed_at,
+            stale_s = stale_for.as_secs_f64(),
+            "the leader has not renewed its lease; ending its session to take over"
+        );
+        // Waits (up to the check timeout) for the backend to exit, so the lock is free
+        // when this returns true.
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, $2)")
+            .bind(pid)
+            .bind(i64::try_from(self.config.check_timeout.as_millis()).unwrap_or(i64::MAX))
+            .fetch_one(&mut *conn)
+            .await?;
+        if !ended {
+            tracing::warn!(
+                holder_pid = pid,
+                "the stale leader's session did not end; is this role allowed to signal it?"
+            );
+        }
+        Ok(ended)
     }
 
     /// Graceful hand-over: stop probing first, then release, so standbys never see a lock
     /// free while this instance still dispatches.
     async fn resign(&mut self, mut conn: PgConnection, term: i64) {
-        self.set(Leadership::Standby);
+        self.step_down();
         let scope = self.config.scope;
         let release = async {
             sqlx::query("SELECT pg_advisory_unlock($1, $2)")
@@ -481,6 +746,41 @@ impl Election {
         }
     }
 
+    /// The lock is ours under `term`, as confirmed by a statement sent at `sent`: leader
+    /// work may start until half a lease after that.
+    fn confirmed(&self, term: i64, sent: Instant) {
+        // The lease first: whoever reacts to the new leadership finds it valid.
+        self.lease
+            .send_replace(Some(sent + self.config.dispatch_validity()));
+        self.set(Leadership::Leader {
+            term,
+            lock_confirmed: true,
+        });
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.lease
+            .borrow()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Extends the lease without a confirmation (riding out an outage), unless it has run
+    /// out already: then this process was stalled and must not resume on its own word.
+    fn extend_unconfirmed(&self) -> bool {
+        if !self.lease_valid() {
+            return false;
+        }
+        self.lease
+            .send_replace(Some(Instant::now() + self.config.dispatch_validity()));
+        true
+    }
+
+    /// Not leading: no lease, standby.
+    fn step_down(&self) {
+        self.lease.send_replace(None);
+        self.set(Leadership::Standby);
+    }
+
     fn set(&self, leadership: Leadership) {
         self.publish.send_if_modified(|current| {
             let changed = *current != leadership;
@@ -491,45 +791,34 @@ impl Election {
 }
 
 /// Opens the next term of the scope. Runs on the lock connection while holding the lock,
-/// so terms are strictly increasing. Terms left open by a crashed leader are closed.
+/// so terms are strictly increasing. Terms left open by a crashed leader are closed. A
+/// term whose agent row is gone names nobody rather than failing on the foreign key.
 async fn open_term(
     conn: &mut PgConnection,
     scope: LeadershipScope,
     agent_id: i64,
 ) -> Result<i64, sqlx::Error> {
+    let terms = scope.terms();
+    let (key_column, key_value) = terms.key_column_and_value();
     let mut tx = conn.begin().await?;
-    let term = match scope {
-        LeadershipScope::Datacenter(datacenter_id) => {
-            sqlx::query(
-                "UPDATE leader_terms SET released_at = now() \
-                 WHERE datacenter_id = $1 AND released_at IS NULL",
-            )
-            .bind(datacenter_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query_scalar(
-                "INSERT INTO leader_terms (datacenter_id, term, agent_id) \
-                 SELECT $1, COALESCE(MAX(term), 0) + 1, $2 FROM leader_terms WHERE datacenter_id = $1 \
-                 RETURNING term",
-            )
-            .bind(datacenter_id)
-            .bind(agent_id)
-            .fetch_one(&mut *tx)
-            .await?
-        }
-        LeadershipScope::Evaluator => {
-            sqlx::query("UPDATE evaluator_terms SET released_at = now() WHERE released_at IS NULL")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query_scalar(
-                "INSERT INTO evaluator_terms (term, agent_id) \
-                 SELECT COALESCE(MAX(term), 0) + 1, $1 FROM evaluator_terms RETURNING term",
-            )
-            .bind(agent_id)
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
+    sqlx::query(&format!(
+        "UPDATE {table} SET released_at = now() WHERE {filter} AND released_at IS NULL",
+        table = terms.table,
+        filter = terms.filter(),
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let term = sqlx::query_scalar(&format!(
+        "INSERT INTO {table} ({key_column}term, agent_id) \
+         SELECT {key_value}COALESCE(MAX(term), 0) + 1, (SELECT id FROM agents WHERE id = $1) \
+         FROM {table} WHERE {filter} \
+         RETURNING term",
+        table = terms.table,
+        filter = terms.filter(),
+    ))
+    .bind(agent_id)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(term)
 }
@@ -539,27 +828,16 @@ async fn close_term(
     scope: LeadershipScope,
     term: i64,
 ) -> Result<(), sqlx::Error> {
-    match scope {
-        LeadershipScope::Datacenter(datacenter_id) => {
-            sqlx::query(
-                "UPDATE leader_terms SET released_at = now() \
-                 WHERE datacenter_id = $1 AND term = $2 AND released_at IS NULL",
-            )
-            .bind(datacenter_id)
-            .bind(term)
-            .execute(conn)
-            .await?
-        }
-        LeadershipScope::Evaluator => {
-            sqlx::query(
-                "UPDATE evaluator_terms SET released_at = now() \
-                 WHERE term = $1 AND released_at IS NULL",
-            )
-            .bind(term)
-            .execute(conn)
-            .await?
-        }
-    };
+    let terms = scope.terms();
+    sqlx::query(&format!(
+        "UPDATE {table} SET released_at = now() \
+         WHERE {filter} AND term = $1 AND released_at IS NULL",
+        table = terms.table,
+        filter = terms.filter(),
+    ))
+    .bind(term)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

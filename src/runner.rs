@@ -13,6 +13,7 @@
 //! written), mark the instance stopped.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,16 +26,16 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentIdentity};
+use crate::agent::{self, AgentIdentity, Registration};
 use crate::api::{self, InstanceView};
 use crate::heartbeat::Heartbeat;
 use crate::housekeeping;
 use crate::incidents::{self, EvaluatorConfig};
-use crate::leadership::{ElectionConfig, Elector, Leadership, LeadershipScope};
+use crate::leadership::{self, ElectionConfig, Elector, Leadership, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
 use crate::probe::Prober;
-use crate::schedule::{Fire, ScheduleEntry, Scheduler};
+use crate::schedule::{CatchUpBound, DispatchGate, Fire, ScheduleEntry, Scheduler};
 use crate::storage::{self, HeartbeatSender, HeartbeatWriter, WriterConfig};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +85,10 @@ pub struct RunArgs {
     /// past it, while the spool cannot be written, heartbeats are lost and counted.
     #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000, value_parser = parse_writer_memory_rows)]
     pub writer_memory_rows: usize,
+    /// How long a standby waits, seeing the leader's lease unrenewed (a hung leader),
+    /// before it ends the leader's database session and takes over.
+    #[arg(long, env = "VANTAGE_LEADER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
 }
 
 fn parse_writer_memory_rows(text: &str) -> Result<usize, String> {
@@ -109,10 +114,109 @@ fn parse_spool_flush_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// A setting outside the range this version accepts.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value} (--{flag}) is out of range; use a value from {min} to {max}")]
+pub struct OutOfRange {
+    pub variable: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+    pub min: String,
+    pub max: String,
+}
+
+impl RunArgs {
+    /// Every number and duration has a range; a value outside it is refused at start,
+    /// naming the variable, instead of panicking or spinning later (a zero reload
+    /// interval once panicked a task and left configuration changes unapplied).
+    pub fn validate(&self) -> Result<(), OutOfRange> {
+        const SECOND: Duration = Duration::from_secs(1);
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        check(
+            "VANTAGE_MAX_CONCURRENT_PROBES",
+            "max-concurrent-probes",
+            self.max_concurrent_probes,
+            1..=100_000,
+            |n| n.to_string(),
+        )?;
+        check(
+            "VANTAGE_DB_OUTAGE_GRACE",
+            "db-outage-grace",
+            self.db_outage_grace,
+            Duration::ZERO..=HOUR,
+            show_duration,
+        )?;
+        check(
+            "VANTAGE_RETENTION_DAYS",
+            "retention-days",
+            self.retention_days,
+            1..=3650,
+            |n| n.to_string(),
+        )?;
+        check(
+            "VANTAGE_CONFIG_RELOAD_INTERVAL",
+            "config-reload-interval",
+            self.config_reload_interval,
+            SECOND..=24 * HOUR,
+            show_duration,
+        )?;
+        check(
+            "VANTAGE_SHUTDOWN_TIMEOUT",
+            "shutdown-timeout",
+            self.shutdown_timeout,
+            Duration::ZERO..=10 * MINUTE,
+            show_duration,
+        )?;
+        check(
+            "VANTAGE_LEADER_LEASE",
+            "leader-lease",
+            self.leader_lease,
+            leadership::MIN_LEASE..=10 * MINUTE,
+            show_duration,
+        )
+    }
+}
+
+fn check<V: PartialOrd + Copy>(
+    variable: &'static str,
+    flag: &'static str,
+    value: V,
+    range: RangeInclusive<V>,
+    show: impl Fn(V) -> String,
+) -> Result<(), OutOfRange> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(OutOfRange {
+        variable,
+        flag,
+        value: show(value),
+        min: show(*range.start()),
+        max: show(*range.end()),
+    })
+}
+
+fn show_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 /// A new leader still probes a slot that passed at most this long ago (see
 /// `Scheduler::with_catch_up`): it covers the time a hand-over takes, so a graceful
-/// hand-over misses no slot.
+/// hand-over misses no slot. It needs no database read, so it is immediate.
 const HANDOVER_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// Deeper catch-up after any takeover: every slot missed since each monitor's last stored
+/// heartbeat in this datacenter, at most this far back and this many per monitor (a
+/// one-second monitor: its last minute), replayed spread out (see `schedule`).
+const TAKEOVER_CATCH_UP: CatchUpBound = CatchUpBound {
+    window: Duration::from_secs(10 * 60),
+    max_slots: 60,
+};
+
+/// How far back a new leader looks for a monitor's last stored heartbeat; a monitor with
+/// none that recent is new or long idle, and nothing is replayed for it.
+const LAST_STORED_LOOKBACK_S: f64 = 24.0 * 3600.0;
 
 /// How often start-up says it is still waiting for the database.
 const DATABASE_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -127,6 +231,7 @@ const SHUTDOWN_WRITER_FLUSH: Duration = Duration::from_secs(3);
 const SHUTDOWN_TEARDOWN: Duration = Duration::from_secs(1);
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
+    args.validate()?;
     let connect_options = PgConnectOptions::from_str(&args.database_url).map_err(|err| {
         anyhow::anyhow!(
             "DATABASE_URL is not a valid PostgreSQL URL ({}); expected postgres://user:password@host:port/database",
@@ -142,13 +247,14 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     prepare_schema(&pool, args.auto_migrate).await?;
     let datacenter_id = resolve_datacenter(&pool, &args.datacenter).await?;
     let identity = AgentIdentity::of_this_process(datacenter_id, args.instance_name.clone());
-    let agent_id = agent::register(&pool, &identity)
+    let registration = Registration::start(&pool, identity)
         .await
         .context("registering this instance in agents")?;
+    let instance_name = registration.identity().instance_name.clone();
     tracing::info!(
         datacenter = %args.datacenter,
-        instance = %identity.instance_name,
-        agent_id,
+        instance = %instance_name,
+        agent_id = registration.id(),
         "instance registered"
     );
 
@@ -170,18 +276,22 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut election = ElectionConfig::new(
         connect_options.clone(),
         LeadershipScope::Datacenter(datacenter_id),
-        agent_id,
-    );
+        registration.id(),
+    )
+    .with_registration(registration.clone());
     election.outage_grace = args.db_outage_grace;
+    election.lease = args.leader_lease;
     let elector = Elector::start(election, shutdown.clone());
     // Every instance bids for the one system-wide evaluator too; a dead database leaves
     // nothing to evaluate, so it fences at once instead of riding out an outage.
     let mut evaluator_election = ElectionConfig::new(
         connect_options.clone(),
         LeadershipScope::Evaluator,
-        agent_id,
-    );
+        registration.id(),
+    )
+    .with_registration(registration.clone());
     evaluator_election.outage_grace = Duration::ZERO;
+    evaluator_election.lease = args.leader_lease;
     let evaluator_elector = Elector::start(evaluator_election, shutdown.clone());
     let evaluator = incidents::spawn(
         pool.clone(),
@@ -205,7 +315,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let liveness = agent::spawn_liveness(
         pool.clone(),
-        agent_id,
+        registration.clone(),
         elector.subscribe(),
         shutdown.clone(),
     );
@@ -224,8 +334,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let monitors_scheduled = Arc::new(AtomicUsize::new(0));
     let view = InstanceView {
         datacenter: args.datacenter.clone(),
-        instance_name: identity.instance_name.clone(),
-        agent_id,
+        instance_name,
+        agent: registration.clone(),
         leadership: elector.subscribe(),
         monitors_scheduled: monitors_scheduled.clone(),
         writer: writer.stats(),
@@ -242,13 +352,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         heartbeats,
         datacenter: args.datacenter.clone(),
         datacenter_id,
-        agent_id,
+        agent: registration,
         leadership: elector.subscribe(),
         metrics,
+        pool: pool.clone(),
     };
     let in_flight = lead_while_elected(
         probing,
         elector.subscribe(),
+        DispatchGate::new(elector.lease_until()),
         monitor_set,
         monitors_scheduled,
         args.max_concurrent_probes,
@@ -293,9 +405,11 @@ struct Probing {
     heartbeats: HeartbeatSender,
     datacenter: String,
     datacenter_id: i32,
-    agent_id: i64,
+    agent: Registration,
     leadership: watch::Receiver<Leadership>,
     metrics: Arc<Metrics>,
+    /// For the takeover catch-up's read of the last stored heartbeats.
+    pool: PgPool,
 }
 
 impl Probing {
@@ -304,14 +418,17 @@ impl Probing {
         // leader re-takes its lock after an outage, and the heartbeat belongs to the old one.
         let leader_term = self.leadership.borrow().term();
         let report = self.prober.probe(&fire.payload.http).await;
-        self.metrics.observe_lag(fire.lag);
+        // A replayed slot's lag is the gap it fills, not the scheduler's punctuality.
+        if !fire.catch_up {
+            self.metrics.observe_lag(fire.lag);
+        }
         self.metrics.observe_probe(&self.datacenter, &report);
         self.heartbeats.send(Heartbeat {
             monitor_id: fire.monitor_id,
             datacenter_id: self.datacenter_id,
             scheduled_at: fire.slot,
             executed_at: fire.started_at,
-            agent_id: Some(self.agent_id),
+            agent_id: Some(self.agent.id()),
             leader_term,
             schedule_lag_ms: fire.lag.as_secs_f64() * 1000.0,
             report,
@@ -324,6 +441,7 @@ impl Probing {
 async fn lead_while_elected(
     probing: Probing,
     mut leadership: watch::Receiver<Leadership>,
+    gate: DispatchGate,
     mut monitor_set: watch::Receiver<MonitorSet>,
     monitors_scheduled: Arc<AtomicUsize>,
     max_concurrent: usize,
@@ -347,13 +465,30 @@ async fn lead_while_elected(
                 async move { probing.probe(fire).await }
             })
             .with_catch_up(HANDOVER_CATCH_UP)
+            .with_gate(gate.clone())
         };
         let entries = entries_of(&monitor_set.borrow_and_update());
         monitors_scheduled.store(entries.len(), Ordering::Relaxed);
+        let monitor_ids: Vec<i32> = entries.iter().map(|e| e.monitor_id).collect();
         let handle = scheduler.handle();
         probing.metrics.watch_scheduler(handle.stats());
         handle.replace_all(entries);
         let run = tokio::spawn(scheduler.run(stop.clone()));
+        // The deeper catch-up needs a database read; the scheduler is already running
+        // meanwhile, so the read never delays the first slots.
+        let catch_up = {
+            let (pool, handle, datacenter_id) =
+                (probing.pool.clone(), handle.clone(), probing.datacenter_id);
+            tokio::spawn(async move {
+                match last_stored_slots(&pool, datacenter_id, &monitor_ids).await {
+                    Ok(last) => handle.catch_up(last, TAKEOVER_CATCH_UP),
+                    Err(err) => tracing::warn!(
+                        error = %storage::redact_error(&err),
+                        "could not read the last stored heartbeats; only the latest missed slot is caught up"
+                    ),
+                }
+            })
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -373,10 +508,33 @@ async fn lead_while_elected(
         }
         // Self-fence: no new probe starts after this line.
         stop.cancel();
+        catch_up.abort();
         let _ = run.await;
         monitors_scheduled.store(0, Ordering::Relaxed);
         tracing::info!("not leading: scheduling stopped");
     }
+}
+
+/// Each monitor's last stored slot in this datacenter (monitors with none in the
+/// lookback are left out).
+async fn last_stored_slots(
+    pool: &PgPool,
+    datacenter_id: i32,
+    monitor_ids: &[i32],
+) -> Result<Vec<(i32, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    // One primary-key lookup per monitor, not a scan of the datacenter's recent rows.
+    sqlx::query_as(
+        "SELECT m.id, last.scheduled_at FROM unnest($2::int4[]) AS m(id) \
+         CROSS JOIN LATERAL (SELECT h.scheduled_at FROM api_heartbeats h \
+             WHERE h.monitor_id = m.id AND h.datacenter_id = $1 \
+               AND h.scheduled_at > now() - make_interval(secs => $3) \
+             ORDER BY h.scheduled_at DESC LIMIT 1) last",
+    )
+    .bind(datacenter_id)
+    .bind(monitor_ids)
+    .bind(LAST_STORED_LOOKBACK_S)
+    .fetch_all(pool)
+    .await
 }
 
 fn entries_of(set: &MonitorSet) -> Vec<ScheduleEntry<RunnableMonitor>> {

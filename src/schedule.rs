@@ -11,9 +11,20 @@
 //! One task sleeps until the earliest due slot (`sleep_until`, millisecond timer) and
 //! dispatches each due monitor into its own task; probes never run on the timer task, so a
 //! slow target cannot delay anybody else's slot. Slots that passed while nothing could fire
-//! them (a stall, a new leader) are skipped, never replayed in a burst. Concurrency is
-//! bounded by a semaphore; a slot that cannot get a permit before its monitor's next slot
-//! is skipped and counted.
+//! them (a stall) are skipped, never replayed in a burst. Concurrency is bounded by a
+//! semaphore; a slot that cannot get a permit before its monitor's next slot is skipped
+//! and counted.
+//!
+//! Three things the caller can add. A [`DispatchGate`]: nothing starts unless the gate is
+//! open at that instant (a leader's lease), so a process resumed after a stall, whose
+//! timers all fire at once, starts nothing until the gate is renewed. A catch-up
+//! ([`SchedulerHandle::catch_up`]): slots a new leader finds missing since the last stored
+//! heartbeat are replayed oldest first, one per monitor per `min(its interval,
+//! `[`MAX_REPLAY_SPACING`]`)`, each monitor starting at its own offset, so a monitor is
+//! probed at most twice as often as usual while it catches up, never in a burst. And
+//! wall-clock steps are detected (the wall clock compared with the monotonic one at
+//! least every [`CLOCK_CHECK_EVERY`]), logged, and every monitor re-planned from the new
+//! time, instead of pausing for the size of a backward step.
 //!
 //! tokio-cron-scheduler is deliberately not used here: it ticks every 500 ms, keeps fire
 //! times in whole seconds and drops fires at scale (see DESIGN.md). It runs only the
@@ -30,7 +41,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -169,6 +180,8 @@ pub struct Fire<T> {
     pub started_at: DateTime<Utc>,
     /// `started_at - slot`: timer lateness plus any wait for a concurrency permit.
     pub lag: Duration,
+    /// A missed slot replayed by a catch-up: its lag is the gap, not timer lateness.
+    pub catch_up: bool,
     pub payload: Arc<T>,
 }
 
@@ -181,11 +194,73 @@ pub struct SchedulerStats {
     pub skipped_late: AtomicU64,
     /// Slots dropped because no concurrency permit freed up before the next slot.
     pub skipped_saturated: AtomicU64,
+    /// Slots not started because the dispatch gate was closed when they were due.
+    pub skipped_gated: AtomicU64,
+    /// Missed slots queued for replay by a catch-up.
+    pub catch_up_planned: AtomicU64,
+    /// Wall-clock steps detected (each re-planned every monitor).
+    pub clock_steps: AtomicU64,
+}
+
+/// Replays are spaced by a monitor's interval, but never further apart than this, so a
+/// slow monitor's missed slot is not replayed hours late.
+pub const MAX_REPLAY_SPACING: Duration = Duration::from_secs(10);
+
+/// How often, at least, the wall clock is compared with the monotonic clock.
+pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// A disagreement between the two clocks larger than this is a step, not timer jitter.
+const CLOCK_STEP_THRESHOLD: Duration = Duration::from_millis(500);
+
+/// Permission to start probes until an instant, published by whoever decides (the
+/// leader's lease). `None`: closed. Consulted right before every start, not only on
+/// changes, because a stalled process's instant passes without any change.
+#[derive(Clone)]
+pub struct DispatchGate(watch::Receiver<Option<Instant>>);
+
+impl DispatchGate {
+    pub fn new(until: watch::Receiver<Option<Instant>>) -> Self {
+        Self(until)
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.borrow().is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Waits until the gate is open; forever if its publisher is gone.
+    async fn opened(&mut self) {
+        loop {
+            if self
+                .0
+                .borrow_and_update()
+                .is_some_and(|until| Instant::now() < until)
+            {
+                return;
+            }
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// How far back a catch-up reaches.
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUpBound {
+    /// Slots older than this are not replayed.
+    pub window: Duration,
+    /// At most this many (the most recent) slots per monitor.
+    pub max_slots: usize,
+}
+
+enum Update<T> {
+    Replace(Vec<ScheduleEntry<T>>),
+    CatchUp(Vec<(i32, DateTime<Utc>)>, CatchUpBound),
 }
 
 /// Replaces the scheduled set while the scheduler runs.
 pub struct SchedulerHandle<T> {
-    updates: mpsc::UnboundedSender<Vec<ScheduleEntry<T>>>,
+    updates: mpsc::UnboundedSender<Update<T>>,
     stats: Arc<SchedulerStats>,
 }
 
@@ -203,7 +278,14 @@ impl<T> SchedulerHandle<T> {
     /// pick up the new payload at it; new or re-timed monitors start at their next slot.
     pub fn replace_all(&self, entries: Vec<ScheduleEntry<T>>) {
         // The receiver only goes away when the scheduler stopped; nothing to update then.
-        let _ = self.updates.send(entries);
+        let _ = self.updates.send(Update::Replace(entries));
+    }
+
+    /// Replays the slots each listed monitor missed after its last stored slot and
+    /// before the first slot this scheduler planned for it, within `bound`. Monitors not
+    /// (or no longer) scheduled are ignored.
+    pub fn catch_up(&self, last_stored: Vec<(i32, DateTime<Utc>)>, bound: CatchUpBound) {
+        let _ = self.updates.send(Update::CatchUp(last_stored, bound));
     }
 
     pub fn stats(&self) -> Arc<SchedulerStats> {
@@ -214,10 +296,11 @@ impl<T> SchedulerHandle<T> {
 pub struct Scheduler<T, F> {
     dispatch: Arc<F>,
     catch_up: Duration,
+    gate: Option<DispatchGate>,
     permits: Arc<Semaphore>,
     in_flight: TaskTracker,
     handle: SchedulerHandle<T>,
-    updates: mpsc::UnboundedReceiver<Vec<ScheduleEntry<T>>>,
+    updates: mpsc::UnboundedReceiver<Update<T>>,
 }
 
 /// A monitor's place in the loop. `generation` invalidates queue entries left over from
@@ -226,7 +309,15 @@ struct Planned<T> {
     cadence: Cadence,
     payload: Arc<T>,
     generation: u64,
+    /// The first slot this scheduler planned for the monitor: a catch-up ends before it.
+    first_slot: Option<DateTime<Utc>>,
 }
+
+/// Due slots, earliest first: `(slot, monitor_id, generation)`.
+type DueQueue = BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>>;
+
+/// Replays of missed slots, earliest first: `(fire at, slot, monitor_id, generation)`.
+type ReplayQueue = BinaryHeap<Reverse<(Instant, DateTime<Utc>, i32, u64)>>;
 
 impl<T, F, Fut> Scheduler<T, F>
 where
@@ -241,6 +332,7 @@ where
         Self {
             dispatch: Arc::new(dispatch),
             catch_up: Duration::ZERO,
+            gate: None,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             in_flight,
             handle: SchedulerHandle {
@@ -262,6 +354,12 @@ where
         self
     }
 
+    /// Starts nothing unless `gate` is open at that instant.
+    pub fn with_gate(mut self, gate: DispatchGate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     pub fn handle(&self) -> SchedulerHandle<T> {
         self.handle.clone()
     }
@@ -270,25 +368,144 @@ where
     /// even one that was waiting for a permit: that is the leader's self-fence.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut monitors: HashMap<i32, Planned<T>> = HashMap::new();
-        let mut due: BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>> = BinaryHeap::new();
+        let mut due = DueQueue::new();
+        let mut replays = ReplayQueue::new();
         let mut generation = 0u64;
         let mut catch_up = self.catch_up;
+        let mut clock = ClockWatch::now();
+        let mut gate = self.gate.clone();
         loop {
-            let wake_at = due.peek().map(|Reverse((slot, _, _))| instant_of(*slot));
+            let next_due = due.peek().map(|Reverse((slot, _, _))| instant_of(*slot));
+            let next_replay = replays.peek().map(|Reverse((at, ..))| *at);
+            let clock_check = Instant::now() + CLOCK_CHECK_EVERY;
+            let wake_at = [next_due, next_replay]
+                .into_iter()
+                .flatten()
+                .fold(clock_check, Instant::min);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                update = self.updates.recv() => {
-                    let Some(entries) = update else { return };
-                    generation += 1;
-                    self.apply(entries, generation, catch_up, &mut monitors, &mut due);
-                    // Only the set the scheduler starts with catches up; monitors added
-                    // later begin at their next slot.
-                    catch_up = Duration::ZERO;
-                }
-                _ = sleep_until_or_forever(wake_at) => {
+                update = self.updates.recv() => match update {
+                    None => return,
+                    Some(Update::Replace(entries)) => {
+                        generation += 1;
+                        self.apply(entries, generation, catch_up, &mut monitors, &mut due);
+                        // Only the set the scheduler starts with catches up; monitors added
+                        // later begin at their next slot.
+                        catch_up = Duration::ZERO;
+                    }
+                    Some(Update::CatchUp(last_stored, bound)) => {
+                        self.plan_replays(&last_stored, bound, &monitors, &mut replays);
+                    }
+                },
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if let Some(step) = clock.step() {
+                        self.handle.stats.clock_steps.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            step_s = step,
+                            "the wall clock stepped; re-planning every monitor from the new time"
+                        );
+                        generation += 1;
+                        replan(generation, &mut monitors, &mut due);
+                    }
+                    if let Some(gate) = gate.as_mut().filter(|g| !g.is_open()) {
+                        // A stall or a lost lease: due slots wait (and the latest is
+                        // fired) until the gate opens again, or the scheduler is stopped.
+                        tracing::warn!("dispatch paused: the leadership lease is not confirmed");
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => return,
+                            _ = gate.opened() => {}
+                        }
+                        continue;
+                    }
                     self.fire_due(&monitors, &mut due, &stop);
+                    self.fire_replays(&monitors, &mut replays, &stop);
                 }
+            }
+        }
+    }
+
+    /// Queues the slots each monitor missed (see [`SchedulerHandle::catch_up`]).
+    fn plan_replays(
+        &self,
+        last_stored: &[(i32, DateTime<Utc>)],
+        bound: CatchUpBound,
+        monitors: &HashMap<i32, Planned<T>>,
+        replays: &mut ReplayQueue,
+    ) {
+        let now = Utc::now();
+        let start = Instant::now();
+        let window_start = now - chrono::Duration::from_std(bound.window).unwrap_or_default();
+        let mut planned = 0u64;
+        for &(monitor_id, stored) in last_stored {
+            let Some(monitor) = monitors.get(&monitor_id) else {
+                continue;
+            };
+            let Some(until) = monitor.first_slot else {
+                continue;
+            };
+            let mut missed = std::collections::VecDeque::new();
+            let mut slot = monitor
+                .cadence
+                .next_slot_after(monitor_id, stored.max(window_start - chrono::Duration::microseconds(1)));
+            while let Some(s) = slot.filter(|s| *s < until) {
+                missed.push_back(s);
+                if missed.len() > bound.max_slots {
+                    missed.pop_front();
+                }
+                slot = monitor.cadence.next_slot_after(monitor_id, s);
+            }
+            let Some(&first) = missed.front() else {
+                continue;
+            };
+            let spacing = monitor
+                .cadence
+                .next_slot_after(monitor_id, first)
+                .and_then(|next| (next - first).to_std().ok())
+                .unwrap_or(MAX_REPLAY_SPACING)
+                .min(MAX_REPLAY_SPACING);
+            // Each monitor starts at its own offset within one spacing, so replays spread
+            // like regular slots do.
+            let spacing_ms = u64::try_from(spacing.as_millis()).unwrap_or(u64::MAX).max(1);
+            let phase = Duration::from_millis(spread(monitor_id) % spacing_ms);
+            for (k, slot) in missed.into_iter().enumerate() {
+                let at = start + phase + spacing * u32::try_from(k).unwrap_or(u32::MAX);
+                replays.push(Reverse((at, slot, monitor_id, monitor.generation)));
+                planned += 1;
+            }
+        }
+        if planned > 0 {
+            self.handle
+                .stats
+                .catch_up_planned
+                .fetch_add(planned, Ordering::Relaxed);
+            tracing::info!(
+                slots = planned,
+                window_s = bound.window.as_secs(),
+                "catching up slots missed since the last stored heartbeats"
+            );
+        }
+    }
+
+    fn fire_replays(
+        &self,
+        monitors: &HashMap<i32, Planned<T>>,
+        replays: &mut ReplayQueue,
+        stop: &CancellationToken,
+    ) {
+        let now = Instant::now();
+        while let Some(Reverse((at, slot, monitor_id, generation))) = replays.peek().copied() {
+            if at > now {
+                break;
+            }
+            replays.pop();
+            // A monitor removed or re-timed since is not replayed.
+            if let Some(planned) = monitors
+                .get(&monitor_id)
+                .filter(|m| m.generation == generation)
+            {
+                self.dispatch(monitor_id, slot, None, true, planned.payload.clone(), stop);
             }
         }
     }
@@ -299,7 +516,7 @@ where
         generation: u64,
         catch_up: Duration,
         monitors: &mut HashMap<i32, Planned<T>>,
-        due: &mut BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>>,
+        due: &mut DueQueue,
     ) {
         let now = Utc::now();
         let mut next = HashMap::with_capacity(entries.len());
@@ -323,6 +540,7 @@ where
                         cadence: entry.cadence,
                         payload: entry.payload,
                         generation,
+                        first_slot: first,
                     }
                 }
             };
@@ -343,7 +561,7 @@ where
     fn fire_due(
         &self,
         monitors: &HashMap<i32, Planned<T>>,
-        due: &mut BinaryHeap<Reverse<(DateTime<Utc>, i32, u64)>>,
+        due: &mut DueQueue,
         stop: &CancellationToken,
     ) {
         let now = Utc::now();
@@ -375,15 +593,18 @@ where
             if let Some(next) = next {
                 due.push(Reverse((next, monitor_id, generation)));
             }
-            self.dispatch(monitor_id, latest, next, planned.payload.clone(), stop);
+            self.dispatch(monitor_id, latest, next, false, planned.payload.clone(), stop);
         }
     }
 
+    /// Starts the probe of one slot in its own task, once it has a permit. A slot without
+    /// a `next_slot` (a replay) waits for a permit as long as it takes.
     fn dispatch(
         &self,
         monitor_id: i32,
         slot: DateTime<Utc>,
         next_slot: Option<DateTime<Utc>>,
+        catch_up: bool,
         payload: Arc<T>,
         stop: &CancellationToken,
     ) {
@@ -391,6 +612,7 @@ where
         let dispatch = self.dispatch.clone();
         let stats = self.handle.stats.clone();
         let stop = stop.clone();
+        let gate = self.gate.clone();
         self.in_flight.spawn(async move {
             let give_up = next_slot.map(instant_of);
             let permit = tokio::select! {
@@ -403,6 +625,11 @@ where
                     return;
                 }
             };
+            // The last moment to notice a stall that began after the slot was queued.
+            if gate.as_ref().is_some_and(|g| !g.is_open()) {
+                stats.skipped_gated.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let started_at = Utc::now();
             stats.fired.fetch_add(1, Ordering::Relaxed);
             dispatch(Fire {
@@ -410,11 +637,50 @@ where
                 slot,
                 started_at,
                 lag: (started_at - slot).to_std().unwrap_or_default(),
+                catch_up,
                 payload,
             })
             .await;
             drop(permit);
         });
+    }
+}
+
+/// After a wall-clock step, every monitor starts again at its next slot from the new
+/// time; queue entries of the old plan are invalidated by the new generation.
+fn replan<T>(generation: u64, monitors: &mut HashMap<i32, Planned<T>>, due: &mut DueQueue) {
+    let now = Utc::now();
+    due.clear();
+    for (&monitor_id, planned) in monitors.iter_mut() {
+        planned.generation = generation;
+        if let Some(next) = planned.cadence.next_slot_after(monitor_id, now) {
+            due.push(Reverse((next, monitor_id, generation)));
+        }
+    }
+}
+
+/// Compares how far the wall clock and the monotonic clock moved since the last look.
+struct ClockWatch {
+    wall: DateTime<Utc>,
+    mono: Instant,
+}
+
+impl ClockWatch {
+    fn now() -> Self {
+        Self {
+            wall: Utc::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// The wall clock's step since the last call, in seconds (negative: backwards), if
+    /// it is larger than jitter.
+    fn step(&mut self) -> Option<f64> {
+        let last = std::mem::replace(self, Self::now());
+        let wall = (self.wall - last.wall).num_microseconds()? as f64 / 1e6;
+        let mono = (self.mono - last.mono).as_secs_f64();
+        let step = wall - mono;
+        (step.abs() > CLOCK_STEP_THRESHOLD.as_secs_f64()).then_some(step)
     }
 }
 
