@@ -1,5 +1,6 @@
 //! Hot configuration: changes to monitors take effect without a restart, and a monitor
 //! the runner cannot use is skipped with one log line while the others keep running.
+//! Settings out of range stop `vantage run` at start with one line naming the variable.
 
 mod support;
 
@@ -138,4 +139,46 @@ async fn an_unusable_monitor_is_skipped_and_the_others_keep_running() {
         .filter(|l| l.contains("skipping monitor") && l.contains(&format!("\"monitor_id\":{bad}")))
         .count();
     assert_eq!(mentions, 1, "logged once, not on every reload");
+}
+
+#[tokio::test]
+async fn out_of_range_settings_are_refused_at_start_naming_the_variable() {
+    // Refused before any connection is tried: the database need not exist.
+    let unreachable = "postgres://vantage@127.0.0.1:1/vantage";
+    let cases = [
+        ("VANTAGE_CONFIG_RELOAD_INTERVAL", "0s", "1s"),
+        ("VANTAGE_MAX_CONCURRENT_PROBES", "0", "100000"),
+        ("VANTAGE_RETENTION_DAYS", "0", "3650"),
+        ("VANTAGE_DB_OUTAGE_GRACE", "2h", "1h"),
+        ("VANTAGE_SHUTDOWN_TIMEOUT", "1h", "10m"),
+        ("VANTAGE_LEADER_LEASE", "1s", "6s"),
+    ];
+    for (variable, value, bound) in cases {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"))
+                .arg("run")
+                .env_remove("RUST_LOG")
+                .env("DATABASE_URL", unreachable)
+                .env("VANTAGE_DATACENTER", "va")
+                .env(variable, value)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{variable}={value}: vantage run did not exit"))
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{variable}={value}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{variable}={value}: one line: {stderr}");
+        let line = lines[0];
+        assert!(
+            line.contains(&format!("{variable}={value}"))
+                && line.contains("out of range")
+                && line.contains(bound),
+            "{variable}={value}: names the variable and the accepted range: {line}"
+        );
+        assert!(!line.contains("panicked"), "{line}");
+    }
 }
