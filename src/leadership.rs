@@ -66,7 +66,9 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The shortest lease the default check settings allow (see [`ElectionConfig::lease`]).
-pub const MIN_LEASE: Duration = CHECK_INTERVAL.saturating_add(CHECK_TIMEOUT).saturating_mul(2);
+pub const MIN_LEASE: Duration = CHECK_INTERVAL
+    .saturating_add(CHECK_TIMEOUT)
+    .saturating_mul(2);
 
 /// [`ElectionConfig::lease`] unless configured: a hung leader is replaced about this long
 /// after it stopped renewing.

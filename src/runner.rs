@@ -5,7 +5,10 @@
 //! the datacenter, register the instance, start the heartbeat writer (which replays any
 //! spool left by an earlier process), the elector, the monitor-config watcher, the
 //! housekeeping and the HTTP endpoints. While this instance leads, a scheduler fires the
-//! datacenter's monitors and hands every report to the writer.
+//! datacenter's monitors and hands every report to the writer; it starts a probe only
+//! while the elector's lease is valid, and after each takeover it replays the slots
+//! missed since the last stored heartbeats. Settings are range-checked before anything
+//! starts ([`RunArgs::validate`]).
 //!
 //! Shutdown (SIGTERM/SIGINT), in the order that loses nothing and leaves no slot
 //! unprobed: stop scheduling, resign (unlock + notify, so a standby bids at once), let

@@ -446,9 +446,10 @@ where
                 continue;
             };
             let mut missed = std::collections::VecDeque::new();
-            let mut slot = monitor
-                .cadence
-                .next_slot_after(monitor_id, stored.max(window_start - chrono::Duration::microseconds(1)));
+            let mut slot = monitor.cadence.next_slot_after(
+                monitor_id,
+                stored.max(window_start - chrono::Duration::microseconds(1)),
+            );
             while let Some(s) = slot.filter(|s| *s < until) {
                 missed.push_back(s);
                 if missed.len() > bound.max_slots {
@@ -467,7 +468,9 @@ where
                 .min(MAX_REPLAY_SPACING);
             // Each monitor starts at its own offset within one spacing, so replays spread
             // like regular slots do.
-            let spacing_ms = u64::try_from(spacing.as_millis()).unwrap_or(u64::MAX).max(1);
+            let spacing_ms = u64::try_from(spacing.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
             let phase = Duration::from_millis(spread(monitor_id) % spacing_ms);
             for (k, slot) in missed.into_iter().enumerate() {
                 let at = start + phase + spacing * u32::try_from(k).unwrap_or(u32::MAX);
@@ -593,7 +596,14 @@ where
             if let Some(next) = next {
                 due.push(Reverse((next, monitor_id, generation)));
             }
-            self.dispatch(monitor_id, latest, next, false, planned.payload.clone(), stop);
+            self.dispatch(
+                monitor_id,
+                latest,
+                next,
+                false,
+                planned.payload.clone(),
+                stop,
+            );
         }
     }
 

@@ -194,6 +194,9 @@ struct LeaderRow {
     code: String,
     term: Option<i64>,
     instance_name: Option<String>,
+    /// From the `agent_status` view: `stale` when the leader stopped refreshing its row.
+    state: Option<String>,
+    unseen_s: Option<f64>,
     live_instances: i64,
 }
 
@@ -215,14 +218,15 @@ struct LatestRow {
 
 async fn summary(pool: &PgPool, datacenters: &[String]) -> Result<String, sqlx::Error> {
     let leaders: Vec<LeaderRow> = sqlx::query_as(
-        "SELECT d.code, t.term, a.instance_name, \
-                (SELECT count(*) FROM agents x WHERE x.datacenter_id = d.id \
-                   AND x.role <> 'stopped' AND x.last_seen_at > now() - interval '15 seconds') AS live_instances \
+        "SELECT d.code, t.term, a.instance_name, a.state, \
+                extract(epoch FROM now() - a.last_seen_at)::float8 AS unseen_s, \
+                (SELECT count(*) FROM agent_status x WHERE x.datacenter_id = d.id \
+                   AND x.state IN ('leader', 'standby')) AS live_instances \
          FROM datacenters d \
          LEFT JOIN LATERAL (SELECT term, agent_id FROM leader_terms lt \
                             WHERE lt.datacenter_id = d.id AND lt.released_at IS NULL \
                             ORDER BY term DESC LIMIT 1) t ON true \
-         LEFT JOIN agents a ON a.id = t.agent_id \
+         LEFT JOIN agent_status a ON a.id = t.agent_id \
          WHERE d.code = ANY($1) ORDER BY d.code",
     )
     .bind(datacenters)
@@ -249,8 +253,14 @@ async fn summary(pool: &PgPool, datacenters: &[String]) -> Result<String, sqlx::
         Utc::now().format("%H:%M:%S UTC")
     );
     for l in &leaders {
-        let leader = match (&l.instance_name, l.term) {
-            (Some(name), Some(term)) => format!("leader {name} (term {term})"),
+        let leader = match (&l.instance_name, l.term, l.state.as_deref()) {
+            // A killed leader's term stays open until a standby takes over; its row stops
+            // being refreshed, which is what tells.
+            (Some(name), Some(term), Some("stale")) => format!(
+                "no live leader: {name} (term {term}) stale, not seen for {:.0} s",
+                l.unseen_s.unwrap_or_default()
+            ),
+            (Some(name), Some(term), _) => format!("leader {name} (term {term})"),
             _ => "no leader yet".to_string(),
         };
         let _ = writeln!(

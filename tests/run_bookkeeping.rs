@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    eventually, heartbeats, leader_first, missed_slots, seed_datacenters,
-    seed_monitor, serve_target, wait_for_leader_probing, Instance, InstanceOptions,
+    eventually, heartbeats, leader_first, missed_slots, seed_datacenters, seed_monitor,
+    serve_target, wait_for_leader_probing, Instance, InstanceOptions,
 };
 use support::pg::TestDb;
 
@@ -143,11 +143,12 @@ async fn an_instance_that_stopped_refreshing_reads_as_stale() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let states: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT instance_name, role, state FROM agent_status ORDER BY instance_name")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let states: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT instance_name, role, state FROM agent_status ORDER BY instance_name",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     let expect = |name: &str, role: &str, state: &str| {
         (name.to_string(), role.to_string(), state.to_string())
     };

@@ -66,8 +66,10 @@ async fn a_takeover_after_a_postgres_restart_replays_every_missed_slot() {
     .await
     .unwrap();
     assert!(replayed >= 3, "{replayed} slots replayed");
-    let said_so = [&mut a, &mut b]
-        .into_iter()
-        .any(|i| i.logs().iter().any(|l| l.contains("catching up slots missed")));
+    let said_so = [&mut a, &mut b].into_iter().any(|i| {
+        i.logs()
+            .iter()
+            .any(|l| l.contains("catching up slots missed"))
+    });
     assert!(said_so, "the new leader logs its catch-up");
 }

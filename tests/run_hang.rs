@@ -72,7 +72,10 @@ async fn a_stopped_leader_is_replaced_within_the_lease_and_never_probes_after_re
     let resumed_at = chrono::Utc::now();
     leader.signal(libc::SIGCONT);
     leader
-        .wait_for_log(&["stalled past its lease", "fencing now"], Duration::from_secs(10))
+        .wait_for_log(
+            &["stalled past its lease", "fencing now"],
+            Duration::from_secs(10),
+        )
         .await;
     eventually(
         "the resumed leader reports itself standby",
