@@ -922,4 +922,108 @@ mod tests {
             "only the probe holding the permit ran"
         );
     }
+
+    /// `(slot, catch_up)` of one fire.
+    type Fired = (DateTime<Utc>, bool);
+
+    /// A running scheduler of one monitor every second, recording every fire.
+    struct Recording {
+        handle: SchedulerHandle<()>,
+        fires: Arc<Mutex<Vec<Fired>>>,
+        stop: CancellationToken,
+        run: tokio::task::JoinHandle<()>,
+    }
+
+    impl Recording {
+        fn start(gate: Option<DispatchGate>) -> Self {
+            let fires = Arc::new(Mutex::new(Vec::new()));
+            let recorded = fires.clone();
+            let mut scheduler = Scheduler::new(8, TaskTracker::new(), move |fire: Fire<()>| {
+                recorded.lock().unwrap().push((fire.slot, fire.catch_up));
+                std::future::ready(())
+            });
+            if let Some(gate) = gate {
+                scheduler = scheduler.with_gate(gate);
+            }
+            let handle = scheduler.handle();
+            handle.replace_all(vec![ScheduleEntry {
+                monitor_id: 7,
+                cadence: Cadence::Every { seconds: 1 },
+                payload: Arc::new(()),
+            }]);
+            let stop = CancellationToken::new();
+            let run = tokio::spawn(scheduler.run(stop.clone()));
+            Self {
+                handle,
+                fires,
+                stop,
+                run,
+            }
+        }
+
+        fn fires(&self) -> Vec<Fired> {
+            self.fires.lock().unwrap().clone()
+        }
+
+        async fn stop(self) -> Vec<Fired> {
+            self.stop.cancel();
+            self.run.await.unwrap();
+            let fires = self.fires.lock().unwrap().clone();
+            fires
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_while_the_gate_has_expired_until_it_is_renewed() {
+        // A lease that ran out while the process was stopped: in the past, unchanged.
+        let (lease, until) = watch::channel(Some(Instant::now()));
+        let recording = Recording::start(Some(DispatchGate::new(until)));
+        tokio::time::sleep(Duration::from_millis(2_200)).await;
+        assert!(
+            recording.fires().is_empty(),
+            "fired through an expired gate"
+        );
+
+        lease.send_replace(Some(Instant::now() + Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert!(
+            !recording.stop().await.is_empty(),
+            "the renewed gate lets slots start again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_replays_missed_slots_one_interval_apart_oldest_first() {
+        let recording = Recording::start(None);
+        let cadence = Cadence::Every { seconds: 1 };
+        let last_stored =
+            cadence.last_slot_at_or_before(7, Utc::now()).unwrap() - chrono::Duration::seconds(4);
+        // Bounded to the three most recent missed slots.
+        let bound = CatchUpBound {
+            window: Duration::from_secs(60),
+            max_slots: 3,
+        };
+        recording.handle.catch_up(vec![(7, last_stored)], bound);
+        let stats = recording.handle.stats();
+        // Three replays one second apart, the first within a second.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let fires = recording.stop().await;
+
+        let replayed: Vec<DateTime<Utc>> = fires
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let expected: Vec<DateTime<Utc>> = (2..=4)
+            .map(|k| last_stored + chrono::Duration::seconds(k))
+            .collect();
+        assert_eq!(
+            replayed, expected,
+            "the most recent missed slots, oldest first"
+        );
+        assert_eq!(stats.catch_up_planned.load(Ordering::Relaxed), 3);
+        // Not replayed twice: no slot appears both replayed and on time.
+        let on_time: Vec<_> = fires.iter().filter(|(_, c)| !*c).map(|(s, _)| s).collect();
+        assert!(replayed.iter().all(|s| !on_time.contains(&s)), "{fires:?}");
+    }
 }

@@ -7,34 +7,11 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    eventually, heartbeats, leader_first, missed_slots, seed_datacenters, seed_monitor,
-    serve_target, wait_for_leader_probing, Instance, InstanceOptions,
+    eventually, heartbeats, missed_slots, open_term, seed_datacenters, start_pair, Pair,
 };
 use support::pg::TestDb;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
-
-fn instance(db_url: &str, name: &str) -> Instance {
-    Instance::start(InstanceOptions {
-        database_url: db_url,
-        datacenter: "va",
-        name,
-        extra_env: Vec::new(),
-    })
-}
-
-/// The open term of the datacenter and the agent it names, if any (a lost agents row
-/// leaves a term naming nobody for a moment).
-async fn open_term(pool: &sqlx::PgPool, datacenter_id: i32) -> Option<(Option<i64>, i64)> {
-    sqlx::query_as(
-        "SELECT agent_id, term FROM leader_terms \
-         WHERE datacenter_id = $1 AND released_at IS NULL ORDER BY term DESC LIMIT 1",
-    )
-    .bind(datacenter_id)
-    .fetch_optional(pool)
-    .await
-    .unwrap()
-}
 
 async fn agent_id_named(pool: &sqlx::PgPool, name: &str) -> Option<i64> {
     sqlx::query_scalar("SELECT id FROM agents WHERE instance_name = $1")
@@ -47,18 +24,14 @@ async fn agent_id_named(pool: &sqlx::PgPool, name: &str) -> Option<i64> {
 #[tokio::test]
 async fn deleted_agents_and_terms_do_not_stop_the_hand_over() {
     let db = TestDb::fresh().await;
-    let target = serve_target().await;
-    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
-    let monitor = seed_monitor(&db.pool, "target-ok", &format!("http://{target}/ok"), 1).await;
-
-    let (a, b) = (instance(&db.url, "va-a"), instance(&db.url, "va-b"));
-    let (leader_agent, _) = wait_for_leader_probing(&db.pool, dc, monitor, 3).await;
-    eventually("both registered", Duration::from_secs(20), || async {
-        agent_id_named(&db.pool, "va-b").await?;
-        agent_id_named(&db.pool, "va-a").await
-    })
-    .await;
-    let (mut leader, standby) = leader_first(&db.pool, a, b, leader_agent).await;
+    let Pair {
+        datacenter_id: dc,
+        monitor_id: monitor,
+        mut leader,
+        standby,
+        leader_agent,
+        ..
+    } = start_pair(&db.pool, &db.url, &[]).await;
 
     sqlx::query("DELETE FROM leader_terms")
         .execute(&db.pool)

@@ -6,11 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, leader_first, missed_slots,
-    seed_datacenters, seed_monitor, serve_target, wait_for_leader_probing, Instance,
-    InstanceOptions,
-};
+use support::cluster::{current_leader, eventually, heartbeats, missed_slots, start_pair, Pair};
 use support::pg::TestDb;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
@@ -19,26 +15,18 @@ const LEASE: Duration = Duration::from_secs(10);
 /// How long the leader stays stopped: twice the lease.
 const HANG: Duration = Duration::from_secs(20);
 
-fn instance(db_url: &str, name: &str) -> Instance {
-    Instance::start(InstanceOptions {
-        database_url: db_url,
-        datacenter: "va",
-        name,
-        extra_env: Vec::new(),
-    })
-}
-
 #[tokio::test]
 async fn a_stopped_leader_is_replaced_within_the_lease_and_never_probes_after_resuming() {
     let db = TestDb::fresh().await;
-    let target = serve_target().await;
-    let dc = seed_datacenters(&db.pool, &["va"]).await[0];
-    let monitor = seed_monitor(&db.pool, "target-ok", &format!("http://{target}/ok"), 1).await;
-
-    let (a, b) = (instance(&db.url, "va-a"), instance(&db.url, "va-b"));
-    let (leader_agent, first_term) = wait_for_leader_probing(&db.pool, dc, monitor, 3).await;
-    let (mut leader, mut standby) = leader_first(&db.pool, a, b, leader_agent).await;
-    let standby_agent = agent_id_of(&db.pool, &standby.name).await;
+    let Pair {
+        datacenter_id: dc,
+        monitor_id: monitor,
+        mut leader,
+        mut standby,
+        leader_agent,
+        standby_agent,
+        term: first_term,
+    } = start_pair(&db.pool, &db.url, &[]).await;
 
     let stopped = tokio::time::Instant::now();
     let stopped_at = chrono::Utc::now();

@@ -261,6 +261,13 @@ where
 
 /// The agent currently holding an open term in the datacenter, with the term.
 pub async fn current_leader(pool: &PgPool, datacenter_id: i32) -> Option<(i64, i64)> {
+    let (agent, term) = open_term(pool, datacenter_id).await?;
+    Some((agent?, term))
+}
+
+/// The datacenter's open term and the agent it names, if any (a lost `agents` row leaves
+/// a term naming nobody for a moment).
+pub async fn open_term(pool: &PgPool, datacenter_id: i32) -> Option<(Option<i64>, i64)> {
     sqlx::query_as(
         "SELECT agent_id, term FROM leader_terms \
          WHERE datacenter_id = $1 AND released_at IS NULL ORDER BY term DESC LIMIT 1",
@@ -269,6 +276,62 @@ pub async fn current_leader(pool: &PgPool, datacenter_id: i32) -> Option<(i64, i
     .fetch_optional(pool)
     .await
     .unwrap()
+}
+
+/// Datacenter `va` with a 1 s monitor on a local target, led by one of two instances.
+pub struct Pair {
+    pub datacenter_id: i32,
+    pub monitor_id: i32,
+    pub leader: Instance,
+    pub standby: Instance,
+    pub leader_agent: i64,
+    pub standby_agent: i64,
+    pub term: i64,
+}
+
+/// Seeds `va` and its monitor, starts `va-a` and `va-b` with `extra_env`, and returns
+/// once the leader has probed three times and both instances are registered.
+pub async fn start_pair(pool: &PgPool, database_url: &str, extra_env: &[(&str, &str)]) -> Pair {
+    let target = serve_target().await;
+    let datacenter_id = seed_datacenters(pool, &["va"]).await[0];
+    let monitor_id = seed_monitor(pool, "target-ok", &format!("http://{target}/ok"), 1).await;
+    let start = |name| {
+        Instance::start(InstanceOptions {
+            database_url,
+            datacenter: "va",
+            name,
+            extra_env: extra_env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        })
+    };
+    let (a, b) = (start("va-a"), start("va-b"));
+    let (leader_agent, term) = wait_for_leader_probing(pool, datacenter_id, monitor_id, 3).await;
+    let registered = |name: &'static str| async move {
+        sqlx::query_scalar::<_, i64>("SELECT id FROM agents WHERE instance_name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+    };
+    eventually(
+        "both instances registered",
+        Duration::from_secs(20),
+        || async {
+            registered("va-a").await?;
+            registered("va-b").await
+        },
+    )
+    .await;
+    let (leader, standby) = leader_first(pool, a, b, leader_agent).await;
+    let standby_agent = agent_id_of(pool, &standby.name).await;
+    Pair {
+        datacenter_id,
+        monitor_id,
+        leader,
+        standby,
+        leader_agent,
+        standby_agent,
+        term,
+    }
 }
 
 /// Waits until the datacenter has a leader and `monitor` has at least `beats`
