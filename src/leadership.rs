@@ -53,6 +53,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::agent::Registration;
 use crate::storage;
@@ -86,6 +87,16 @@ pub enum LeadershipScope {
     /// The one instance of the whole system that evaluates incidents; terms in
     /// `evaluator_terms`.
     Evaluator,
+}
+
+/// `datacenter:<id>` or `evaluator`, as logs name the scope.
+impl std::fmt::Display for LeadershipScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Datacenter(id) => write!(f, "datacenter:{id}"),
+            Self::Evaluator => f.write_str("evaluator"),
+        }
+    }
 }
 
 impl LeadershipScope {
@@ -270,6 +281,9 @@ impl Elector {
     pub fn start(config: ElectionConfig, shutdown: CancellationToken) -> Self {
         let (publish, leadership) = watch::channel(Leadership::Standby);
         let (lease, lease_until) = watch::channel(None);
+        // Two elections run in one process (its datacenter's and the evaluator's): every
+        // line they log says which.
+        let span = tracing::info_span!("election", scope = %config.scope);
         let task = tokio::spawn(
             Election {
                 config,
@@ -279,7 +293,8 @@ impl Elector {
                 listener: None,
                 observed: None,
             }
-            .run(),
+            .run()
+            .instrument(span),
         );
         Self {
             leadership,

@@ -32,14 +32,19 @@ async fn a_stopped_leader_is_replaced_within_the_lease_and_never_probes_after_re
     let stopped_at = chrono::Utc::now();
     leader.signal(libc::SIGSTOP);
 
+    // Each instance also runs the evaluator's election; this is the datacenter's.
+    let datacenter_scope = format!("\"scope\":\"datacenter:{dc}\"");
     standby
         .wait_for_log(
-            &["the leader has not renewed its lease"],
+            &["the leader has not renewed its lease", &datacenter_scope],
             LEASE + Duration::from_secs(8),
         )
         .await;
     standby
-        .wait_for_log(&["acquired leadership"], Duration::from_secs(5))
+        .wait_for_log(
+            &["acquired leadership", &datacenter_scope],
+            Duration::from_secs(5),
+        )
         .await;
     let takeover = stopped.elapsed();
     eprintln!(
