@@ -276,25 +276,24 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     .await
     .context("starting the heartbeat writer")?;
 
-    let mut election = ElectionConfig::new(
-        connect_options.clone(),
-        LeadershipScope::Datacenter(datacenter_id),
-        registration.id(),
-    )
-    .with_registration(registration.clone());
-    election.outage_grace = args.db_outage_grace;
-    election.lease = args.leader_lease;
-    let elector = Elector::start(election, shutdown.clone());
+    // Both elections of this instance share its registration and the lease setting.
+    let election_of = |scope, outage_grace| {
+        let mut config = ElectionConfig::new(connect_options.clone(), scope, registration.id())
+            .with_registration(registration.clone());
+        config.outage_grace = outage_grace;
+        config.lease = args.leader_lease;
+        config
+    };
+    let elector = Elector::start(
+        election_of(
+            LeadershipScope::Datacenter(datacenter_id),
+            args.db_outage_grace,
+        ),
+        shutdown.clone(),
+    );
     // Every instance bids for the one system-wide evaluator too; a dead database leaves
     // nothing to evaluate, so it fences at once instead of riding out an outage.
-    let mut evaluator_election = ElectionConfig::new(
-        connect_options.clone(),
-        LeadershipScope::Evaluator,
-        registration.id(),
-    )
-    .with_registration(registration.clone());
-    evaluator_election.outage_grace = Duration::ZERO;
-    evaluator_election.lease = args.leader_lease;
+    let evaluator_election = election_of(LeadershipScope::Evaluator, Duration::ZERO);
     let evaluator_elector = Elector::start(evaluator_election, shutdown.clone());
     let evaluator = incidents::spawn(
         pool.clone(),
