@@ -721,18 +721,31 @@ impl Election {
         );
         // Waits (up to the check timeout) for the backend to exit, so the lock is free
         // when this returns true.
-        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, $2)")
+        let ended = sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1, $2)")
             .bind(pid)
             .bind(i64::try_from(self.config.check_timeout.as_millis()).unwrap_or(i64::MAX))
             .fetch_one(&mut *conn)
-            .await?;
-        if !ended {
-            tracing::warn!(
-                holder_pid = pid,
-                "the stale leader's session did not end; is this role allowed to signal it?"
-            );
+            .await;
+        match ended {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                tracing::warn!(
+                    holder_pid = pid,
+                    "the stale leader's session did not end in time; trying again after another lease"
+                );
+                Ok(false)
+            }
+            // Said once a lease, not at every bid: the observation starts over.
+            Err(sqlx::Error::Database(err)) => {
+                tracing::error!(
+                    holder_pid = pid,
+                    error = %err,
+                    "cannot end the stale leader's session: run every instance as the same database login, or GRANT pg_signal_backend to this one"
+                );
+                Ok(false)
+            }
+            Err(err) => Err(err),
         }
-        Ok(ended)
     }
 
     /// Graceful hand-over: stop probing first, then release, so standbys never see a lock

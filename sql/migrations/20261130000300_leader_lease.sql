@@ -17,3 +17,6 @@ SELECT a.*,
            ELSE a.role
        END AS state
 FROM agents a;
+
+-- Dashboards may read it (the reader role reads every bookkeeping table).
+GRANT SELECT ON agent_status TO vantage_reader;
