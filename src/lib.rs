@@ -13,6 +13,7 @@ pub mod housekeeping;
 pub mod leadership;
 pub mod metrics;
 pub mod monitors;
+pub mod notify;
 pub mod probe;
 pub mod rollup;
 pub mod runner;

@@ -46,6 +46,11 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Load the example datacenters, schedules and monitors (idempotent; DATABASE_URL).
     SeedExample(DatabaseArgs),
+    /// List the latest notifications, or only those given up (--failed).
+    Notifications(vantage::notify::cli::NotificationsArgs),
+    /// Notification channels: send a test message, make a webhook secret.
+    #[command(subcommand)]
+    Notify(vantage::notify::cli::NotifyCommand),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +84,14 @@ async fn main() -> ExitCode {
         Command::SeedExample(args) => {
             telemetry::init(cli.log_format, "info");
             seed_example(&args.database_url).await
+        }
+        Command::Notifications(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::notify::cli::notifications(args).await
+        }
+        Command::Notify(command) => {
+            telemetry::init(cli.log_format, "info");
+            vantage::notify::cli::notify(command).await
         }
     };
     result.unwrap_or_else(|err| {

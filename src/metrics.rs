@@ -54,6 +54,13 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    channel_kind: String,
+    /// sent, retry (failed, to be tried again) or failed (given up).
+    result: &'static str,
+}
+
 /// How a configuration reload ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -90,6 +97,7 @@ pub struct Metrics {
     writer_buffered_rows: Gauge,
     writer_spooled_rows: Gauge,
     config_reloads: Family<ResultLabels, Counter>,
+    notification_attempts: Family<NotificationLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,6 +177,13 @@ impl Metrics {
             config_reloads.clone(),
         );
 
+        let notification_attempts = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "vantage_notification_attempts",
+            "Notification delivery attempts, by channel kind and result (sent, retry, failed = given up)",
+            notification_attempts.clone(),
+        );
+
         Arc::new(Metrics {
             registry,
             probes,
@@ -181,6 +196,7 @@ impl Metrics {
             writer_buffered_rows,
             writer_spooled_rows,
             config_reloads,
+            notification_attempts,
         })
     }
 
@@ -254,6 +270,16 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ResultLabels {
                 result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// A notification attempt ended: `result` is sent, retry or failed (given up).
+    pub fn notification_attempted(&self, channel_kind: &str, result: &'static str) {
+        self.notification_attempts
+            .get_or_create(&NotificationLabels {
+                channel_kind: channel_kind.to_string(),
+                result,
             })
             .inc();
     }
