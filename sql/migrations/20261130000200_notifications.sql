@@ -98,7 +98,7 @@ BEGIN
         WHEN 'email'     THEN ARRAY['host', 'port', 'tls', 'from', 'to', 'username', 'password', 'ca_file']
     END;
     SELECT k INTO unknown FROM jsonb_object_keys(NEW.config) k WHERE k <> ALL (known) LIMIT 1;
-    IF unknown IS NOT NULL THEN
+    IF known IS NOT NULL AND unknown IS NOT NULL THEN
         PERFORM vantage_reject('notification_channels.config',
             format('of a %s channel has an unknown field "%s"; the fields are %s',
                    NEW.kind, unknown, array_to_string(known, ', ')));
@@ -162,6 +162,10 @@ BEGIN
         IF NEW.config ? 'password' THEN
             PERFORM vantage_channel_secret(NEW.config, 'password', NEW.kind);
         END IF;
+    ELSE
+        PERFORM vantage_reject('notification_channels.kind',
+            format('must be webhook, slack, telegram, pagerduty or email (got %s)',
+                   coalesce(quote_literal(NEW.kind), 'NULL')));
     END CASE;
     RETURN NEW;
 END
@@ -289,20 +293,21 @@ CREATE INDEX notification_attempts_channel_idx ON notification_attempts (channel
 -- From an event to outbox rows
 -- ---------------------------------------------------------------------------------
 
--- The enabled channels whose routes match. `resolving`: only routes that notify on
--- resolve. `reminders`: only routes with repeat_every.
-CREATE FUNCTION vantage_matching_channels(monitor int, tags text[], dcs int[], kind text,
-                                          severity text, resolving bool)
+-- The enabled channels whose routes match, with the shortest reminder interval of
+-- those routes. `resolving`: only routes that notify on resolve.
+CREATE FUNCTION vantage_matching_channels(for_monitor int, for_tags text[], for_dcs int[],
+                                          for_kind text, for_severity text, resolving bool)
 RETURNS TABLE (channel_id int, repeat_every interval)
 LANGUAGE sql STABLE AS $$
+    -- Parameters are prefixed: in a SQL function a column of the same name would win.
     SELECT r.channel_id, min(r.repeat_every)
     FROM notification_routes r
     JOIN notification_channels c ON c.id = r.channel_id AND c.enabled
-    WHERE (r.monitor_ids IS NULL OR monitor = ANY (r.monitor_ids))
-      AND (r.tags IS NULL OR r.tags && tags)
-      AND (r.datacenter_ids IS NULL OR r.datacenter_ids && dcs)
-      AND (r.incident_kinds IS NULL OR kind = ANY (r.incident_kinds))
-      AND (r.severities IS NULL OR severity = ANY (r.severities))
+    WHERE (r.monitor_ids IS NULL OR for_monitor = ANY (r.monitor_ids))
+      AND (r.tags IS NULL OR r.tags && for_tags)
+      AND (r.datacenter_ids IS NULL OR r.datacenter_ids && for_dcs)
+      AND (r.incident_kinds IS NULL OR for_kind = ANY (r.incident_kinds))
+      AND (r.severities IS NULL OR for_severity = ANY (r.severities))
       AND (NOT resolving OR r.notify_on_resolve)
     GROUP BY r.channel_id
 $$;

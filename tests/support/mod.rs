@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod http;
+pub mod notify;
 pub mod pg;
 pub mod proxy;
 pub mod tls;
