@@ -10,4 +10,5 @@ pub mod http;
 pub mod notify;
 pub mod pg;
 pub mod proxy;
+pub mod smtp;
 pub mod tls;
