@@ -82,7 +82,15 @@ async fn a_delivering_process_killed_mid_way_loses_nothing_and_duplicates_keep_t
     let dcs = seed_datacenters(&db.pool, &["va"]).await;
     let mut monitors = Vec::new();
     for i in 0..10 {
-        monitors.push(seed_monitor(&db.pool, &format!("m{i}"), &format!("https://m{i}.example/"), 10).await);
+        monitors.push(
+            seed_monitor(
+                &db.pool,
+                &format!("m{i}"),
+                &format!("https://m{i}.example/"),
+                10,
+            )
+            .await,
+        );
     }
     let receiver = Receiver::start().await;
     let secret = signature::new_secret();
@@ -102,7 +110,11 @@ async fn a_delivering_process_killed_mid_way_loses_nothing_and_duplicates_keep_t
         open_incident(&db.pool, *monitor, &dcs).await;
     }
     receiver
-        .wait_until("a few deliveries by the first process", Duration::from_secs(20), |r| r.len() >= 3)
+        .wait_until(
+            "a few deliveries by the first process",
+            Duration::from_secs(20),
+            |r| r.len() >= 3,
+        )
         .await;
     a.kill();
     let at_kill = receiver.received().len();
@@ -111,13 +123,18 @@ async fn a_delivering_process_killed_mid_way_loses_nothing_and_duplicates_keep_t
         open_incident(&db.pool, *monitor, &dcs).await;
     }
     let b = DeliveryProcess::start(&db.url, &[]);
-    eventually("every notification sent by the second process", Duration::from_secs(40), || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status <> 'sent'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        (pending == 0).then_some(())
-    })
+    eventually(
+        "every notification sent by the second process",
+        Duration::from_secs(40),
+        || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status <> 'sent'")
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (pending == 0).then_some(())
+        },
+    )
     .await;
     b.stop().await;
 
@@ -130,14 +147,26 @@ async fn a_delivering_process_killed_mid_way_loses_nothing_and_duplicates_keep_t
     assert_eq!(queued.len(), 10);
     let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
     for request in receiver.received() {
-        standardwebhooks::Webhook::new(&secret).unwrap().verify(&request.body, &request.headers).unwrap();
+        standardwebhooks::Webhook::new(&secret)
+            .unwrap()
+            .verify(&request.body, &request.headers)
+            .unwrap();
         assert_eq!(request.json()["id"], request.header("webhook-id"));
-        *deliveries.entry(request.header("webhook-id").to_string()).or_default() += 1;
+        *deliveries
+            .entry(request.header("webhook-id").to_string())
+            .or_default() += 1;
     }
     let delivered: BTreeSet<String> = deliveries.keys().cloned().collect();
     assert_eq!(delivered, queued, "every event delivered, no unknown id");
-    let duplicated: Vec<&String> = deliveries.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
-    assert!(!duplicated.is_empty(), "the held request is sent again after the crash");
+    let duplicated: Vec<&String> = deliveries
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !duplicated.is_empty(),
+        "the held request is sent again after the crash"
+    );
     assert!(
         deliveries.values().sum::<usize>() <= 10 + at_kill,
         "only what the first process had in flight is duplicated: {deliveries:?}"
@@ -161,7 +190,10 @@ async fn a_delivering_process_killed_mid_way_loses_nothing_and_duplicates_keep_t
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        assert_eq!(workers, 2, "{event_id}: cut off in one process, finished by the other");
+        assert_eq!(
+            workers, 2,
+            "{event_id}: cut off in one process, finished by the other"
+        );
     }
 }
 
@@ -180,12 +212,36 @@ async fn secrets_stay_out_of_debug_logs_stored_errors_and_the_cli() {
     let slack_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(slack_file.path(), format!("{}\n", receiver.url(SLACK_PATH))).unwrap();
     for (name, kind, config) in [
-        ("hook", "webhook", json!({"url": receiver.url("/hook"), "secret": WEBHOOK_KEY})),
-        ("tg", "telegram", json!({"bot_token": "env:VANTAGE_TEST_BOT_TOKEN", "chat_id": 1, "api_base": receiver.url("")})),
-        ("tg-refused", "telegram", json!({"bot_token": BOT_TOKEN, "chat_id": 1, "api_base": "http://127.0.0.1:9"})),
-        ("slack", "slack", json!({"url": format!("file:{}", slack_file.path().display())})),
-        ("pd", "pagerduty", json!({"routing_key": ROUTING_KEY, "api_base": receiver.url("")})),
-        ("unset", "pagerduty", json!({"routing_key": "env:VANTAGE_TEST_UNSET_KEY"})),
+        (
+            "hook",
+            "webhook",
+            json!({"url": receiver.url("/hook"), "secret": WEBHOOK_KEY}),
+        ),
+        (
+            "tg",
+            "telegram",
+            json!({"bot_token": "env:VANTAGE_TEST_BOT_TOKEN", "chat_id": 1, "api_base": receiver.url("")}),
+        ),
+        (
+            "tg-refused",
+            "telegram",
+            json!({"bot_token": BOT_TOKEN, "chat_id": 1, "api_base": "http://127.0.0.1:9"}),
+        ),
+        (
+            "slack",
+            "slack",
+            json!({"url": format!("file:{}", slack_file.path().display())}),
+        ),
+        (
+            "pd",
+            "pagerduty",
+            json!({"routing_key": ROUTING_KEY, "api_base": receiver.url("")}),
+        ),
+        (
+            "unset",
+            "pagerduty",
+            json!({"routing_key": "env:VANTAGE_TEST_UNSET_KEY"}),
+        ),
     ] {
         let id = channel(&db.pool, name, kind, config).await;
         route(&db.pool, id, None).await;
@@ -205,10 +261,11 @@ async fn secrets_stay_out_of_debug_logs_stored_errors_and_the_cli() {
     .await;
     let logs = process.stop().await;
 
-    let errors: Vec<String> = sqlx::query_scalar("SELECT error FROM notification_attempts WHERE error IS NOT NULL")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let errors: Vec<String> =
+        sqlx::query_scalar("SELECT error FROM notification_attempts WHERE error IS NOT NULL")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     let url = db.url.clone();
     let listed = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_vantage"))
@@ -226,10 +283,23 @@ async fn secrets_stay_out_of_debug_logs_stored_errors_and_the_cli() {
         stored.contains("channel unset: config.routing_key the environment variable VANTAGE_TEST_UNSET_KEY named by \"env:VANTAGE_TEST_UNSET_KEY\" is not set"),
         "{stored}"
     );
-    assert!(logs.contains("notification attempt failed"), "the failures are logged");
+    assert!(
+        logs.contains("notification attempt failed"),
+        "the failures are logged"
+    );
     assert!(listed.contains("tg-refused"), "{listed}");
-    for (what, text) in [("debug logs", &logs), ("stored errors", &stored), ("vantage notifications", &listed)] {
-        for secret in [WEBHOOK_KEY, "bmV2ZXItbG9nLXRoaXMtd2ViaG9vay1rZXk", BOT_TOKEN, SLACK_PATH, ROUTING_KEY] {
+    for (what, text) in [
+        ("debug logs", &logs),
+        ("stored errors", &stored),
+        ("vantage notifications", &listed),
+    ] {
+        for secret in [
+            WEBHOOK_KEY,
+            "bmV2ZXItbG9nLXRoaXMtd2ViaG9vay1rZXk",
+            BOT_TOKEN,
+            SLACK_PATH,
+            ROUTING_KEY,
+        ] {
             assert!(!text.contains(secret), "{what} leak {secret:?}:\n{text}");
         }
     }

@@ -45,7 +45,13 @@ async fn incident_lifecycle(db: &TestDb, deliverer: &Deliverer) -> i64 {
 async fn slack_telegram_and_pagerduty_get_their_own_formats() {
     let db = TestDb::fresh().await;
     let api = Receiver::start().await;
-    let slack = channel(&db.pool, "slack", "slack", json!({"url": api.url("/services/T000/B000/XXXX")})).await;
+    let slack = channel(
+        &db.pool,
+        "slack",
+        "slack",
+        json!({"url": api.url("/services/T000/B000/XXXX")}),
+    )
+    .await;
     let telegram = channel(
         &db.pool,
         "telegram",
@@ -73,7 +79,11 @@ async fn slack_telegram_and_pagerduty_get_their_own_formats() {
         assert!(request.header("user-agent").starts_with("vantage/"));
     }
     let at = |path: &str| -> Vec<serde_json::Value> {
-        received.iter().filter(|r| r.path == path).map(|r| r.json()).collect()
+        received
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.json())
+            .collect()
     };
 
     let slack = at("/services/T000/B000/XXXX");
@@ -88,15 +98,23 @@ async fn slack_telegram_and_pagerduty_get_their_own_formats() {
         .map(|f| f["text"].as_str().unwrap())
         .collect();
     assert!(fields.contains(&"*Datacenters*\nva, lon"), "{fields:?}");
-    assert!(fields.contains(&"*First error*\nconnection refused"), "{fields:?}");
+    assert!(
+        fields.contains(&"*First error*\nconnection refused"),
+        "{fields:?}"
+    );
     assert_eq!(slack[1]["text"], "RESOLVED: checkout");
     assert!(slack[1].to_string().contains("*Duration*"), "{}", slack[1]);
 
     let telegram = at("/bot123456:ABC-token/sendMessage");
     assert_eq!(telegram.len(), 2);
     assert_eq!(telegram[0]["chat_id"], -1001234);
-    assert!(telegram[0]["text"].as_str().unwrap().starts_with("DOWN: checkout\nMonitor: checkout (https://shop.example/health)\nDatacenters: va, lon"));
-    assert!(telegram[1]["text"].as_str().unwrap().starts_with("RESOLVED: checkout"));
+    assert!(telegram[0]["text"].as_str().unwrap().starts_with(
+        "DOWN: checkout\nMonitor: checkout (https://shop.example/health)\nDatacenters: va, lon"
+    ));
+    assert!(telegram[1]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("RESOLVED: checkout"));
 
     let pagerduty = at("/v2/enqueue");
     assert_eq!(pagerduty.len(), 2);
@@ -105,8 +123,14 @@ async fn slack_telegram_and_pagerduty_get_their_own_formats() {
     assert_eq!(pagerduty[0]["dedup_key"], incident.to_string());
     assert_eq!(pagerduty[0]["payload"]["summary"], "DOWN: checkout");
     assert_eq!(pagerduty[0]["payload"]["severity"], "critical");
-    assert_eq!(pagerduty[0]["payload"]["source"], "https://shop.example/health");
-    assert_eq!(pagerduty[0]["payload"]["custom_details"]["incident"]["id"], incident);
+    assert_eq!(
+        pagerduty[0]["payload"]["source"],
+        "https://shop.example/health"
+    );
+    assert_eq!(
+        pagerduty[0]["payload"]["custom_details"]["incident"]["id"],
+        incident
+    );
     assert_eq!(pagerduty[1]["event_action"], "resolve");
     assert_eq!(pagerduty[1]["dedup_key"], incident.to_string());
 }
@@ -148,16 +172,39 @@ async fn email_over(implicit: bool) {
         assert_eq!(mail.user.as_deref(), Some("vantage"));
         assert_eq!(mail.from, "vantage@example.com");
         assert_eq!(mail.to, ["ops@example.com", "oncall@example.com"]);
-        assert!(mail.data.contains("Content-Type: text/plain"), "{}", mail.data);
+        assert!(
+            mail.data.contains("Content-Type: text/plain"),
+            "{}",
+            mail.data
+        );
     }
-    assert!(mails[0].data.contains("Subject: [vantage] DOWN: checkout"), "{}", mails[0].data);
-    assert!(mails[0].data.contains("Datacenters: va, lon"), "{}", mails[0].data);
-    assert!(mails[1].data.contains("Subject: [vantage] RESOLVED: checkout"), "{}", mails[1].data);
-    let codes: Vec<Option<i32>> = sqlx::query_scalar("SELECT status_code FROM notification_attempts ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(codes, [Some(250), Some(250)], "the SMTP reply code is recorded");
+    assert!(
+        mails[0].data.contains("Subject: [vantage] DOWN: checkout"),
+        "{}",
+        mails[0].data
+    );
+    assert!(
+        mails[0].data.contains("Datacenters: va, lon"),
+        "{}",
+        mails[0].data
+    );
+    assert!(
+        mails[1]
+            .data
+            .contains("Subject: [vantage] RESOLVED: checkout"),
+        "{}",
+        mails[1].data
+    );
+    let codes: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT status_code FROM notification_attempts ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        codes,
+        [Some(250), Some(250)],
+        "the SMTP reply code is recorded"
+    );
 }
 
 #[tokio::test]
@@ -193,10 +240,18 @@ async fn email_to_a_server_with_an_untrusted_certificate_fails_and_is_retried() 
     open_incident(&db.pool, monitor, &dcs).await;
 
     let outcomes = deliverer(&db).deliver_due().await.unwrap();
-    let [Outcome::Failed { error, final_attempt: false, .. }] = outcomes.as_slice() else {
+    let [Outcome::Failed {
+        error,
+        final_attempt: false,
+        ..
+    }] = outcomes.as_slice()
+    else {
         panic!("{outcomes:?}");
     };
-    assert!(error.starts_with(&format!("SMTP localhost:{}:", server.addr.port())), "{error}");
+    assert!(
+        error.starts_with(&format!("SMTP localhost:{}:", server.addr.port())),
+        "{error}"
+    );
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     assert!(server.mails().is_empty());
     assert_eq!(outbox(&db.pool, id).await[0].1, "pending");
@@ -215,31 +270,69 @@ fn vantage(args: &[&str], database_url: &str) -> std::process::Output {
 async fn notify_test_sends_through_the_real_path_and_says_how_it_went() {
     let db = TestDb::fresh().await;
     let receiver = Receiver::start().await;
-    receiver.respond_with(|r| if r.path == "/down" { (503, Duration::ZERO) } else { (200, Duration::ZERO) });
+    receiver.respond_with(|r| {
+        if r.path == "/down" {
+            (503, Duration::ZERO)
+        } else {
+            (200, Duration::ZERO)
+        }
+    });
     let secret = String::from_utf8(vantage(&["notify", "new-secret"], &db.url).stdout).unwrap();
     let secret = secret.trim();
     assert!(secret.starts_with("whsec_"), "{secret}");
-    channel(&db.pool, "ops", "webhook", json!({"url": receiver.url("/up"), "secret": secret})).await;
-    channel(&db.pool, "broken", "slack", json!({"url": receiver.url("/down")})).await;
+    channel(
+        &db.pool,
+        "ops",
+        "webhook",
+        json!({"url": receiver.url("/up"), "secret": secret}),
+    )
+    .await;
+    channel(
+        &db.pool,
+        "broken",
+        "slack",
+        json!({"url": receiver.url("/down")}),
+    )
+    .await;
 
     let url = db.url.clone();
-    let ok = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "ops"], &url)).await.unwrap();
+    let ok = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "ops"], &url))
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(stdout.starts_with("sent test event "), "{stdout}");
     assert!(stdout.contains(" to ops (webhook) in "), "{stdout}");
     assert!(stdout.trim_end().ends_with(", status 200"), "{stdout}");
     let request = &receiver.received()[0];
     assert_eq!(request.json()["event"], "test");
-    assert!(stdout.contains(request.header("webhook-id")), "the printed id is the webhook-id");
-    standardwebhooks::Webhook::new(secret).unwrap().verify(&request.body, &request.headers).unwrap();
+    assert!(
+        stdout.contains(request.header("webhook-id")),
+        "the printed id is the webhook-id"
+    );
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&request.body, &request.headers)
+        .unwrap();
 
     let url = db.url.clone();
-    let failed = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "broken"], &url)).await.unwrap();
+    let failed = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "broken"], &url))
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("to broken (slack) failed after "), "{stderr}");
-    assert!(stderr.trim_end().ends_with(": HTTP 503: receiver says 503"), "{stderr}");
+    assert!(
+        stderr.contains("to broken (slack) failed after "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with(": HTTP 503: receiver says 503"),
+        "{stderr}"
+    );
     let statuses: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.name, n.status FROM notifications n JOIN notification_channels c ON c.id = n.channel_id ORDER BY n.id",
     )
@@ -248,21 +341,33 @@ async fn notify_test_sends_through_the_real_path_and_says_how_it_went() {
     .unwrap();
     assert_eq!(
         statuses,
-        [("ops".into(), "sent".into()), ("broken".into(), "failed".into())],
+        [
+            ("ops".into(), "sent".into()),
+            ("broken".into(), "failed".into())
+        ],
         "a failed test is not retried"
     );
 
     let url = db.url.clone();
-    let unknown = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "nope"], &url)).await.unwrap();
+    let unknown = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "nope"], &url))
+        .await
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&unknown.stderr).trim(),
         "error: no notification channel named \"nope\"; the channels are: broken, ops"
     );
 
     let url = db.url.clone();
-    let listed = tokio::task::spawn_blocking(move || vantage(&["notifications", "--failed"], &url)).await.unwrap();
+    let listed = tokio::task::spawn_blocking(move || vantage(&["notifications", "--failed"], &url))
+        .await
+        .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
     let lines: Vec<&str> = listed.lines().collect();
     assert_eq!(lines.len(), 2, "{listed}");
-    assert!(lines[1].contains("broken") && lines[1].contains("failed") && lines[1].ends_with("HTTP 503: receiver says 503"), "{listed}");
+    assert!(
+        lines[1].contains("broken")
+            && lines[1].contains("failed")
+            && lines[1].ends_with("HTTP 503: receiver says 503"),
+        "{listed}"
+    );
 }

@@ -15,11 +15,21 @@ use support::pg::TestDb;
 const SECRET: &str = "whsec_c2VjcmV0LWtleS1vZi10aGUtdGVzdHM=";
 
 async fn webhook(pool: &PgPool, name: &str) -> i32 {
-    channel(pool, name, "webhook", json!({"url": "http://127.0.0.1:9/", "secret": SECRET})).await
+    channel(
+        pool,
+        name,
+        "webhook",
+        json!({"url": "http://127.0.0.1:9/", "secret": SECRET}),
+    )
+    .await
 }
 
 async fn events(pool: &PgPool, channel: i32) -> Vec<String> {
-    outbox(pool, channel).await.into_iter().map(|(event, _, _)| event).collect()
+    outbox(pool, channel)
+        .await
+        .into_iter()
+        .map(|(event, _, _)| event)
+        .collect()
 }
 
 async fn add_event(pool: &PgPool, incident: i64, kind: &str, datacenters: &[i32]) {
@@ -60,11 +70,13 @@ async fn incident_events_become_outbox_rows_for_the_routes_that_match() {
         .await
         .unwrap();
     let warnings = webhook(pool, "warnings").await;
-    sqlx::query("INSERT INTO notification_routes (channel_id, severities) VALUES ($1, '{warning}')")
-        .bind(warnings)
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO notification_routes (channel_id, severities) VALUES ($1, '{warning}')",
+    )
+    .bind(warnings)
+    .execute(pool)
+    .await
+    .unwrap();
     let unrouted = webhook(pool, "unrouted").await;
     let disabled = webhook(pool, "disabled").await;
     route(pool, disabled, None).await;
@@ -88,19 +100,35 @@ async fn incident_events_become_outbox_rows_for_the_routes_that_match() {
 
     assert_eq!(
         events(pool, everything).await,
-        ["incident.opened", "incident.updated", "incident.acknowledged", "incident.resolved"]
+        [
+            "incident.opened",
+            "incident.updated",
+            "incident.acknowledged",
+            "incident.resolved"
+        ]
     );
     assert_eq!(
         events(pool, payments).await,
-        ["incident.opened", "incident.updated", "incident.acknowledged"],
+        [
+            "incident.opened",
+            "incident.updated",
+            "incident.acknowledged"
+        ],
         "by tag; notify_on_resolve = false"
     );
     assert_eq!(
         events(pool, sydney).await,
-        ["incident.updated", "incident.acknowledged", "incident.resolved"],
+        [
+            "incident.updated",
+            "incident.acknowledged",
+            "incident.resolved"
+        ],
         "from the moment syd joined"
     );
-    assert!(events(pool, warnings).await.is_empty(), "monitor_down is critical");
+    assert!(
+        events(pool, warnings).await.is_empty(),
+        "monitor_down is critical"
+    );
     assert!(events(pool, unrouted).await.is_empty());
     assert!(events(pool, disabled).await.is_empty());
 
@@ -125,7 +153,15 @@ async fn incident_events_become_outbox_rows_for_the_routes_that_match() {
         &events(pool, sydney).await[3..],
         ["datacenter.impaired", "datacenter.recovered"]
     );
-    assert_eq!(events(pool, payments).await, ["incident.opened", "incident.updated", "incident.acknowledged"], "a tag route skips datacenter incidents");
+    assert_eq!(
+        events(pool, payments).await,
+        [
+            "incident.opened",
+            "incident.updated",
+            "incident.acknowledged"
+        ],
+        "a tag route skips datacenter incidents"
+    );
     let body: serde_json::Value = sqlx::query_scalar(
         "SELECT payload FROM notifications WHERE channel_id = $1 AND event = 'datacenter.impaired'",
     )
@@ -186,12 +222,13 @@ async fn muted_incidents_and_rolled_back_events_queue_nothing() {
 }
 
 async fn rejected(pool: &PgPool, kind: &str, config: serde_json::Value) -> String {
-    let err = sqlx::query("INSERT INTO notification_channels (name, kind, config) VALUES ('x', $1, $2)")
-        .bind(kind)
-        .bind(config)
-        .execute(pool)
-        .await
-        .expect_err("rejected");
+    let err =
+        sqlx::query("INSERT INTO notification_channels (name, kind, config) VALUES ('x', $1, $2)")
+            .bind(kind)
+            .bind(config)
+            .execute(pool)
+            .await
+            .expect_err("rejected");
     err.as_database_error().unwrap().message().to_string()
 }
 
@@ -212,72 +249,126 @@ async fn channel_configs_are_checked_per_kind_with_a_message_naming_the_field() 
     ] {
         assert_eq!(rejected(pool, kind, config).await, message, "{kind}");
     }
-    let err = sqlx::query("INSERT INTO notification_channels (name, kind, config) VALUES ('x', 'sms', '{}')")
-        .execute(pool)
-        .await
-        .unwrap_err();
+    let err = sqlx::query(
+        "INSERT INTO notification_channels (name, kind, config) VALUES ('x', 'sms', '{}')",
+    )
+    .execute(pool)
+    .await
+    .unwrap_err();
     assert!(
         err.to_string().contains("notification_channels.kind must be webhook, slack, telegram, pagerduty or email (got 'sms')"),
         "{err}"
     );
-    let err = sqlx::query("INSERT INTO notification_routes (channel_id, incident_kinds) VALUES ($1, '{monitor_dwn}')")
-        .bind(webhook(pool, "ok").await)
-        .execute(pool)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("notification_routes.incident_kinds must list monitor_down"), "{err}");
+    let err = sqlx::query(
+        "INSERT INTO notification_routes (channel_id, incident_kinds) VALUES ($1, '{monitor_dwn}')",
+    )
+    .bind(webhook(pool, "ok").await)
+    .execute(pool)
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("notification_routes.incident_kinds must list monitor_down"),
+        "{err}"
+    );
 
     // Good configs of every kind, secrets literal or referenced.
     for (name, kind, config) in [
-        ("w", "webhook", json!({"url": "https://hooks.example/v", "secret": SECRET})),
-        ("w2", "webhook", json!({"url": "https://hooks.example/v", "secret": "env:HOOK_SECRET"})),
-        ("s", "slack", json!({"url": "https://hooks.slack.com/services/T/B/X"})),
-        ("t", "telegram", json!({"bot_token": "123:abc", "chat_id": -100123})),
-        ("p", "pagerduty", json!({"routing_key": "file:/run/secrets/pd"})),
-        ("e", "email", json!({"host": "smtp.example", "port": 465, "tls": "implicit", "from": "Vantage <v@example.com>", "to": ["ops@example.com"], "username": "v", "password": "env:SMTP_PASSWORD"})),
+        (
+            "w",
+            "webhook",
+            json!({"url": "https://hooks.example/v", "secret": SECRET}),
+        ),
+        (
+            "w2",
+            "webhook",
+            json!({"url": "https://hooks.example/v", "secret": "env:HOOK_SECRET"}),
+        ),
+        (
+            "s",
+            "slack",
+            json!({"url": "https://hooks.slack.com/services/T/B/X"}),
+        ),
+        (
+            "t",
+            "telegram",
+            json!({"bot_token": "123:abc", "chat_id": -100123}),
+        ),
+        (
+            "p",
+            "pagerduty",
+            json!({"routing_key": "file:/run/secrets/pd"}),
+        ),
+        (
+            "e",
+            "email",
+            json!({"host": "smtp.example", "port": 465, "tls": "implicit", "from": "Vantage <v@example.com>", "to": ["ops@example.com"], "username": "v", "password": "env:SMTP_PASSWORD"}),
+        ),
     ] {
         channel(pool, name, kind, config).await;
     }
-    let defaults: (bool, i32) = sqlx::query_as("SELECT enabled, rate_limit_per_minute FROM notification_channels WHERE name = 'w'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let defaults: (bool, i32) = sqlx::query_as(
+        "SELECT enabled, rate_limit_per_minute FROM notification_channels WHERE name = 'w'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     assert_eq!(defaults, (true, 20));
     let monitor = seed_monitor(pool, "api", "https://api.example/", 10).await;
-    let days: Vec<i32> = sqlx::query_scalar("SELECT cert_expiry_days FROM api_monitors WHERE id = $1")
-        .bind(monitor)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let days: Vec<i32> =
+        sqlx::query_scalar("SELECT cert_expiry_days FROM api_monitors WHERE id = $1")
+            .bind(monitor)
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(days, [30, 14, 7, 1]);
 }
 
 #[tokio::test]
 async fn the_reader_role_sees_channels_but_not_their_secrets() {
     let db = TestDb::fresh().await;
-    channel(&db.pool, "ops", "webhook", json!({"url": "https://hooks.example/", "secret": SECRET})).await;
+    channel(
+        &db.pool,
+        "ops",
+        "webhook",
+        json!({"url": "https://hooks.example/", "secret": SECRET}),
+    )
+    .await;
     let role = format!("reader_{}", db.name);
-    sqlx::raw_sql(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'test' IN ROLE vantage_reader"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'test' IN ROLE vantage_reader"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let mut url: url::Url = db.url.parse().unwrap();
     url.set_username(&role).unwrap();
     url.set_password(Some("test")).unwrap();
-    let reader = PgPoolOptions::new().max_connections(1).connect(url.as_str()).await.unwrap();
-
-    let (name, kind): (String, String) = sqlx::query_as("SELECT name, kind FROM notification_channels")
-        .fetch_one(&reader)
+    let reader = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url.as_str())
         .await
         .unwrap();
+
+    let (name, kind): (String, String) =
+        sqlx::query_as("SELECT name, kind FROM notification_channels")
+            .fetch_one(&reader)
+            .await
+            .unwrap();
     assert_eq!((name.as_str(), kind.as_str()), ("ops", "webhook"));
     for query in [
         "SELECT config FROM notification_channels",
         "SELECT * FROM notification_channels",
         "SELECT config->>'secret' FROM notification_channels",
     ] {
-        let err = sqlx::query(query).fetch_all(&reader).await.expect_err(query);
-        assert!(err.to_string().contains("permission denied"), "{query}: {err}");
+        let err = sqlx::query(query)
+            .fetch_all(&reader)
+            .await
+            .expect_err(query);
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{query}: {err}"
+        );
     }
     // The outbox and attempts stay readable for dashboards (they hold no secrets).
     sqlx::query("SELECT count(*) FROM notifications, notification_attempts, notification_routes")

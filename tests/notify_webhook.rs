@@ -14,7 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use support::cluster::{eventually, seed_datacenters, seed_monitor};
 use support::notify::{
-    open_incident, outbox, resolve_incident, webhook_channel, Receiver, Received,
+    open_incident, outbox, resolve_incident, webhook_channel, Received, Receiver,
 };
 use support::pg::TestDb;
 use tokio_util::sync::CancellationToken;
@@ -114,9 +114,30 @@ async fn an_incident_opened_and_resolved_reaches_each_routed_channel_twice_in_or
         .map(|p| (p.to_string(), signature::new_secret()))
         .collect();
     receiver.respond_with(verifying(secrets.clone()));
-    let all = webhook_channel(&db.pool, "ops", &receiver.url("/all"), &secrets["/all"], None).await;
-    let shop = webhook_channel(&db.pool, "shop-team", &receiver.url("/checkout"), &secrets["/checkout"], Some(checkout)).await;
-    let blog_only = webhook_channel(&db.pool, "blog-team", &receiver.url("/blog"), &secrets["/blog"], Some(blog)).await;
+    let all = webhook_channel(
+        &db.pool,
+        "ops",
+        &receiver.url("/all"),
+        &secrets["/all"],
+        None,
+    )
+    .await;
+    let shop = webhook_channel(
+        &db.pool,
+        "shop-team",
+        &receiver.url("/checkout"),
+        &secrets["/checkout"],
+        Some(checkout),
+    )
+    .await;
+    let blog_only = webhook_channel(
+        &db.pool,
+        "blog-team",
+        &receiver.url("/blog"),
+        &secrets["/blog"],
+        Some(blog),
+    )
+    .await;
     let worker = Worker::start(&db, dcs[0], config()).await;
 
     let incident = open_incident(&db.pool, checkout, &dcs).await;
@@ -125,22 +146,34 @@ async fn an_incident_opened_and_resolved_reaches_each_routed_channel_twice_in_or
     receiver
         .wait_until("four deliveries", Duration::from_secs(20), |r| r.len() >= 4)
         .await;
-    eventually("every notification recorded", Duration::from_secs(10), || async {
-        all_settled(&db.pool).await.then_some(())
-    })
+    eventually(
+        "every notification recorded",
+        Duration::from_secs(10),
+        || async { all_settled(&db.pool).await.then_some(()) },
+    )
     .await;
     let received = receiver.received();
     assert_eq!(received.len(), 4, "exactly two events per routed channel");
     for path in ["/all", "/checkout"] {
         let got: Vec<&Received> = received.iter().filter(|r| r.path == path).collect();
-        let events: Vec<String> = got.iter().map(|r| r.json()["event"].as_str().unwrap().to_string()).collect();
+        let events: Vec<String> = got
+            .iter()
+            .map(|r| r.json()["event"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(events, ["incident.opened", "incident.resolved"], "{path}");
         for request in &got {
             assert_eq!(request.method, "POST");
             assert_eq!(request.header("content-type"), "application/json");
-            assert!(verify(&secrets[path], request), "{path}: signature verifies");
+            assert!(
+                verify(&secrets[path], request),
+                "{path}: signature verifies"
+            );
             let body = request.json();
-            assert_eq!(body["id"], request.header("webhook-id"), "the body carries the event id");
+            assert_eq!(
+                body["id"],
+                request.header("webhook-id"),
+                "the body carries the event id"
+            );
             assert_eq!(body["incident"]["id"], incident);
             assert_eq!(body["monitor"]["name"], "checkout");
             assert_eq!(body["links"]["monitor_url"], "https://shop.example/health");
@@ -152,7 +185,10 @@ async fn an_incident_opened_and_resolved_reaches_each_routed_channel_twice_in_or
                 .collect();
             assert_eq!(codes, ["va", "lon"]);
         }
-        assert_eq!(got[0].json()["change"]["sample_error"], "connection refused");
+        assert_eq!(
+            got[0].json()["change"]["sample_error"],
+            "connection refused"
+        );
         // The resolved event saw the incident as the evaluator left it at commit.
         assert!(got[1].json()["incident"]["resolved_at"].is_string());
         assert!(got[1].json()["incident"]["duration_seconds"].is_number());
@@ -160,7 +196,10 @@ async fn an_incident_opened_and_resolved_reaches_each_routed_channel_twice_in_or
     }
     let ids: BTreeSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), 4, "one event id per (event, channel)");
-    assert!(outbox(&db.pool, blog_only).await.is_empty(), "the blog route matches nothing here");
+    assert!(
+        outbox(&db.pool, blog_only).await.is_empty(),
+        "the blog route matches nothing here"
+    );
     for channel in [all, shop] {
         assert_eq!(
             outbox(&db.pool, channel).await,
@@ -172,7 +211,9 @@ async fn an_incident_opened_and_resolved_reaches_each_routed_channel_twice_in_or
     }
     let metrics = worker.stop().await.render();
     assert!(
-        metrics.contains(r#"vantage_notification_attempts_total{channel_kind="webhook",result="sent"} 4"#),
+        metrics.contains(
+            r#"vantage_notification_attempts_total{channel_kind="webhook",result="sent"} 4"#
+        ),
         "{metrics}"
     );
 }
@@ -188,7 +229,10 @@ async fn a_receiver_down_for_a_while_gets_the_event_later_with_the_same_id() {
     // Down (500) for two seconds from the first attempt, then up.
     let first_seen = std::sync::Mutex::new(None::<std::time::Instant>);
     receiver.respond_with(move |_| {
-        let first = *first_seen.lock().unwrap().get_or_insert_with(std::time::Instant::now);
+        let first = *first_seen
+            .lock()
+            .unwrap()
+            .get_or_insert_with(std::time::Instant::now);
         if first.elapsed() < Duration::from_secs(2) {
             (500, Duration::ZERO)
         } else {
@@ -200,15 +244,23 @@ async fn a_receiver_down_for_a_while_gets_the_event_later_with_the_same_id() {
     open_incident(&db.pool, monitor, &dcs).await;
 
     eventually("the event delivered", Duration::from_secs(20), || async {
-        (outbox(&db.pool, channel).await.first().map(|r| r.1.clone()) == Some("sent".into())).then_some(())
+        (outbox(&db.pool, channel).await.first().map(|r| r.1.clone()) == Some("sent".into()))
+            .then_some(())
     })
     .await;
     worker.stop().await;
     let received = receiver.received();
-    assert!(received.len() >= 3, "retried while down: {} requests", received.len());
+    assert!(
+        received.len() >= 3,
+        "retried while down: {} requests",
+        received.len()
+    );
     let ids: BTreeSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
     assert_eq!(ids.len(), 1, "every attempt carries the same event id");
-    assert!(received.iter().all(|r| verify(&secret, r)), "every attempt is signed anew and verifies");
+    assert!(
+        received.iter().all(|r| verify(&secret, r)),
+        "every attempt is signed anew and verifies"
+    );
     let attempts: Vec<(i32, Option<i32>, Option<String>)> = sqlx::query_as(
         "SELECT attempt, status_code, error FROM notification_attempts WHERE channel_id = $1 ORDER BY attempt",
     )
@@ -239,7 +291,14 @@ async fn a_wrong_secret_is_rejected_by_a_verifying_receiver() {
         ("/right".to_string(), expected.clone()),
         ("/wrong".to_string(), expected.clone()),
     ])));
-    let wrong = webhook_channel(&db.pool, "wrong", &receiver.url("/wrong"), &configured, None).await;
+    let wrong = webhook_channel(
+        &db.pool,
+        "wrong",
+        &receiver.url("/wrong"),
+        &configured,
+        None,
+    )
+    .await;
     let right = webhook_channel(&db.pool, "right", &receiver.url("/right"), &expected, None).await;
     open_incident(&db.pool, monitor, &dcs).await;
 
@@ -247,7 +306,9 @@ async fn a_wrong_secret_is_rejected_by_a_verifying_receiver() {
     let outcomes = deliverer.deliver_due().await.unwrap();
 
     assert_eq!(outcomes.len(), 2);
-    assert!(outcomes.contains(&Outcome::Sent { status_code: Some(200) }));
+    assert!(outcomes.contains(&Outcome::Sent {
+        status_code: Some(200)
+    }));
     assert!(outcomes.iter().any(|o| matches!(o,
         Outcome::Failed { status_code: Some(401), error, final_attempt: false, .. }
             if error == "HTTP 401: receiver says 401")));
@@ -259,7 +320,11 @@ async fn a_wrong_secret_is_rejected_by_a_verifying_receiver() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!((status.as_str(), attempts), ("pending", 1), "retried later, not marked sent");
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 1),
+        "retried later, not marked sent"
+    );
     assert_eq!(error.as_deref(), Some("HTTP 401: receiver says 401"));
 }
 
@@ -282,11 +347,13 @@ async fn over_the_rate_limit_the_excess_is_coalesced_into_a_summary_and_nothing_
     let receiver = Receiver::start().await;
     let secret = signature::new_secret();
     let channel = webhook_channel(&db.pool, "ops", &receiver.url("/hook"), &secret, None).await;
-    let limit: i64 = sqlx::query_scalar("SELECT rate_limit_per_minute::bigint FROM notification_channels WHERE id = $1")
-        .bind(channel)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let limit: i64 = sqlx::query_scalar(
+        "SELECT rate_limit_per_minute::bigint FROM notification_channels WHERE id = $1",
+    )
+    .bind(channel)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(limit, 20, "the default limit");
     let worker = Worker::start(&db, dcs[0], config()).await;
 
@@ -295,13 +362,19 @@ async fn over_the_rate_limit_the_excess_is_coalesced_into_a_summary_and_nothing_
         open_incident(&db.pool, *monitor, &dcs).await;
     }
 
-    eventually("every notification sent or coalesced", Duration::from_secs(30), || async {
-        all_settled(&db.pool).await.then_some(())
-    })
+    eventually(
+        "every notification sent or coalesced",
+        Duration::from_secs(30),
+        || async { all_settled(&db.pool).await.then_some(()) },
+    )
     .await;
     worker.stop().await;
     let received = receiver.received();
-    assert!(received.len() as i64 <= limit, "{} messages within the minute", received.len());
+    assert!(
+        received.len() as i64 <= limit,
+        "{} messages within the minute",
+        received.len()
+    );
     let summaries: Vec<&Received> = received
         .iter()
         .filter(|r| r.json()["event"] == "notifications.coalesced")
@@ -329,7 +402,10 @@ async fn over_the_rate_limit_the_excess_is_coalesced_into_a_summary_and_nothing_
     .into_iter()
     .collect();
     assert_eq!(queued.len(), 100);
-    assert_eq!(delivered, queued, "every event reached the receiver, alone or in a summary");
+    assert_eq!(
+        delivered, queued,
+        "every event reached the receiver, alone or in a summary"
+    );
     let unaccounted: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM notifications n WHERE channel_id = $1 AND NOT ( \
              status = 'sent' OR (status = 'coalesced' AND EXISTS ( \
@@ -339,7 +415,10 @@ async fn over_the_rate_limit_the_excess_is_coalesced_into_a_summary_and_nothing_
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(unaccounted, 0, "each row is sent or names the summary that was sent");
+    assert_eq!(
+        unaccounted, 0,
+        "each row is sent or names the summary that was sent"
+    );
 }
 
 #[tokio::test]
@@ -348,7 +427,14 @@ async fn a_certificate_is_announced_once_per_threshold_whatever_the_datacenters_
     let dcs = seed_datacenters(&db.pool, &["va", "lon"]).await;
     let monitor = seed_monitor(&db.pool, "shop", "https://shop.example/", 10).await;
     let receiver = Receiver::start().await;
-    let channel = webhook_channel(&db.pool, "ops", &receiver.url("/hook"), &signature::new_secret(), None).await;
+    let channel = webhook_channel(
+        &db.pool,
+        "ops",
+        &receiver.url("/hook"),
+        &signature::new_secret(),
+        None,
+    )
+    .await;
     sqlx::query("SELECT vantage_ensure_heartbeat_partition(current_date)")
         .execute(&db.pool)
         .await
@@ -372,7 +458,11 @@ async fn a_certificate_is_announced_once_per_threshold_whatever_the_datacenters_
             .unwrap()
     };
 
-    assert_eq!(sweep().await, 1, "one notice for the certificate, at the 14-day threshold");
+    assert_eq!(
+        sweep().await,
+        1,
+        "one notice for the certificate, at the 14-day threshold"
+    );
     assert_eq!(sweep().await, 0, "and not again");
     // A new threshold the certificate has now crossed speaks once more.
     sqlx::query("UPDATE api_monitors SET cert_expiry_days = '{30,14,12,7,1}' WHERE id = $1")

@@ -101,12 +101,12 @@ pub fn build(
         "telegram" => Box::new(telegram::Telegram::from_config(&fields, redactor)?),
         "pagerduty" => Box::new(pagerduty::PagerDuty::from_config(&fields, redactor)?),
         "email" => Box::new(email::Email::from_config(&fields, redactor)?),
-        other => {
-            return Err(ConfigError::new(
-                "kind",
-                format!("{other:?} is not a channel kind; use webhook, slack, telegram, pagerduty or email"),
-            ))
-        }
+        other => return Err(ConfigError::new(
+            "kind",
+            format!(
+                "{other:?} is not a channel kind; use webhook, slack, telegram, pagerduty or email"
+            ),
+        )),
     })
 }
 
@@ -191,7 +191,8 @@ pub async fn post_json(
         capture_body_bytes: Some(ERROR_BODY_BYTES),
         ..HttpMonitorSpec::default()
     };
-    let request = HttpMonitor::new(spec).map_err(|err| Failed::new(redactor.scrub(&err.to_string())))?;
+    let request =
+        HttpMonitor::new(spec).map_err(|err| Failed::new(redactor.scrub(&err.to_string())))?;
     let report = transport.prober.probe(&request).await;
     let status_code = report.http_status.map(i32::from);
     if report.success() {
@@ -202,7 +203,11 @@ pub async fn post_json(
         (None, Some(error)) => error.clone(),
         (None, None) => "no answer".to_string(),
     };
-    if let Some(answer) = report.response_body.as_deref().filter(|b| !b.trim().is_empty()) {
+    if let Some(answer) = report
+        .response_body
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+    {
         message.push_str(": ");
         message.push_str(answer.trim());
     }

@@ -136,7 +136,9 @@ async fn test(channel: &str, url: &str, delivery: &NotifyArgs) -> anyhow::Result
         Outcome::Sent { status_code } => {
             println!(
                 "sent test event {event_id} to {channel} ({kind}) in {ms:.0} ms{}",
-                status_code.map(|c| format!(", status {c}")).unwrap_or_default()
+                status_code
+                    .map(|c| format!(", status {c}"))
+                    .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }

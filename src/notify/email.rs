@@ -42,11 +42,20 @@ impl Email {
             None | Some("starttls") => false,
             Some("implicit") => true,
             Some(other) => {
-                return Err(ConfigError::new("tls", format!("must be \"starttls\" or \"implicit\" (got {other:?})")))
+                return Err(ConfigError::new(
+                    "tls",
+                    format!("must be \"starttls\" or \"implicit\" (got {other:?})"),
+                ))
             }
         };
         let port = match fields.get("port") {
-            None => if implicit_tls { 465 } else { 587 },
+            None => {
+                if implicit_tls {
+                    465
+                } else {
+                    587
+                }
+            }
             Some(value) => value
                 .as_u64()
                 .and_then(|p| u16::try_from(p).ok())
@@ -87,16 +96,29 @@ impl Email {
     fn transport(&self, timeout: Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failed> {
         let mut tls = TlsParameters::builder(self.host.clone());
         if let Some(pem) = &self.ca_pem {
-            let ca = Certificate::from_pem(pem).map_err(|err| Failed::new(format!("config.ca_file: {err}")))?;
-            tls = tls.certificate_store(CertificateStore::None).add_root_certificate(ca);
+            let ca = Certificate::from_pem(pem)
+                .map_err(|err| Failed::new(format!("config.ca_file: {err}")))?;
+            tls = tls
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(ca);
         }
-        let tls = tls.build_rustls().map_err(|err| Failed::new(format!("TLS setup: {err}")))?;
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.host.as_str())
-            .port(self.port)
-            .timeout(Some(timeout))
-            .tls(if self.implicit_tls { Tls::Wrapper(tls) } else { Tls::Required(tls) });
+        let tls = tls
+            .build_rustls()
+            .map_err(|err| Failed::new(format!("TLS setup: {err}")))?;
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.host.as_str())
+                .port(self.port)
+                .timeout(Some(timeout))
+                .tls(if self.implicit_tls {
+                    Tls::Wrapper(tls)
+                } else {
+                    Tls::Required(tls)
+                });
         if let Some((user, password)) = &self.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose().to_string(),
+            ));
         }
         Ok(builder.build())
     }
@@ -112,13 +134,24 @@ impl Email {
         for to in &self.to {
             builder = builder.to(to.clone());
         }
-        let body = format!("{}\n\nEvent: {} ({})\n", text.plain(), message.event, message.event_id);
-        builder.body(body).map_err(|err| Failed::new(format!("building the message: {err}")))
+        let body = format!(
+            "{}\n\nEvent: {} ({})\n",
+            text.plain(),
+            message.event,
+            message.event_id
+        );
+        builder
+            .body(body)
+            .map_err(|err| Failed::new(format!("building the message: {err}")))
     }
 }
 
 impl ChannelKind for Email {
-    fn send<'a>(&'a self, transport: &'a Transport, message: &'a Outgoing<'a>) -> BoxFuture<'a, Result<Delivered, Failed>> {
+    fn send<'a>(
+        &'a self,
+        transport: &'a Transport,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
         async move {
             let email = self.message(message)?;
             let smtp = self.transport(transport.timeout)?;
@@ -128,7 +161,9 @@ impl ChannelKind for Email {
                 }),
                 Err(err) => Err(Failed {
                     status_code: err.status().and_then(|code| code.to_string().parse().ok()),
-                    message: self.redactor.scrub(&format!("SMTP {}:{}: {err}", self.host, self.port)),
+                    message: self
+                        .redactor
+                        .scrub(&format!("SMTP {}:{}: {err}", self.host, self.port)),
                 }),
             }
         }

@@ -73,7 +73,9 @@ impl NotifyConfig {
     /// per attempt, capped at `backoff_max`, then "equal jitter" (a random point in
     /// its upper half), so receivers coming back are not hit by every retry at once.
     pub fn retry_delay(&self, attempt: i32) -> Duration {
-        let doublings = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
+        let doublings = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(30);
         let full = self
             .backoff_base
             .saturating_mul(1u32 << doublings)

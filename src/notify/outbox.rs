@@ -138,7 +138,10 @@ async fn claim_channel(
     .fetch_all(&mut *tx)
     .await?;
     let room = i64::try_from(room).unwrap_or(i64::MAX);
-    let unblocked = due.iter().filter(|(_, blocked)| !blocked).map(|(id, _)| *id);
+    let unblocked = due
+        .iter()
+        .filter(|(_, blocked)| !blocked)
+        .map(|(id, _)| *id);
     let mut ids: Vec<i64>;
     if due.len() as i64 <= budget {
         ids = unblocked.take(room as usize).collect();
@@ -362,7 +365,11 @@ pub struct Listed {
 }
 
 /// The latest notifications (only failed ones with `failed_only`), newest first.
-pub async fn list(pool: &PgPool, failed_only: bool, limit: i64) -> Result<Vec<Listed>, sqlx::Error> {
+pub async fn list(
+    pool: &PgPool,
+    failed_only: bool,
+    limit: i64,
+) -> Result<Vec<Listed>, sqlx::Error> {
     sqlx::query_as(
         "SELECT n.id, n.created_at, c.name AS channel, n.event, n.status, n.attempts, \
                 n.event_id::text AS event_id, \

@@ -9,7 +9,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use serde_json::{json, Value};
 
-use super::channel::{api_base, post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport};
+use super::channel::{
+    api_base, post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
+};
 use super::render::render;
 use super::secret::{Redactor, Secret};
 
@@ -25,7 +27,10 @@ pub struct PagerDuty {
 }
 
 impl PagerDuty {
-    pub fn from_config(fields: &Fields<'_>, redactor: &mut Redactor) -> Result<PagerDuty, ConfigError> {
+    pub fn from_config(
+        fields: &Fields<'_>,
+        redactor: &mut Redactor,
+    ) -> Result<PagerDuty, ConfigError> {
         let routing_key = fields.secret("routing_key", redactor)?;
         Ok(PagerDuty {
             url: format!("{}/v2/enqueue", api_base(fields, DEFAULT_API_BASE)?),
@@ -54,7 +59,10 @@ pub fn event(routing_key: &str, message: &Outgoing<'_>) -> Value {
     });
     if action == "trigger" {
         let text = render(message.event, payload);
-        let severity = match payload.pointer("/incident/severity").and_then(Value::as_str) {
+        let severity = match payload
+            .pointer("/incident/severity")
+            .and_then(Value::as_str)
+        {
             Some("critical") => "critical",
             Some(_) => "warning",
             None if message.event == "test" => "info",
@@ -79,7 +87,11 @@ pub fn event(routing_key: &str, message: &Outgoing<'_>) -> Value {
 }
 
 impl ChannelKind for PagerDuty {
-    fn send<'a>(&'a self, transport: &'a Transport, message: &'a Outgoing<'a>) -> BoxFuture<'a, Result<Delivered, Failed>> {
+    fn send<'a>(
+        &'a self,
+        transport: &'a Transport,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
         async move {
             let body = event(self.routing_key.expose(), message).to_string();
             post_json(transport, &self.url, Vec::new(), body, &self.redactor).await

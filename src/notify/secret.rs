@@ -27,7 +27,9 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
-    #[error("the environment variable {0} named by \"env:{0}\" is not set in the delivering process")]
+    #[error(
+        "the environment variable {0} named by \"env:{0}\" is not set in the delivering process"
+    )]
     MissingEnv(String),
     #[error("cannot read the file {path} named by \"file:{path}\": {reason}")]
     Unreadable { path: String, reason: String },
@@ -127,7 +129,10 @@ mod tests {
             "the environment variable VANTAGE_TEST_SECRET_UNSET named by \"env:VANTAGE_TEST_SECRET_UNSET\" is not set in the delivering process"
         );
         let err = resolve("file:/nonexistent/vantage-token").unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/vantage-token"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/vantage-token"),
+            "{err}"
+        );
         assert_eq!(resolve("").unwrap_err(), SecretError::Empty);
     }
 

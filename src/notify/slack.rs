@@ -7,7 +7,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use serde_json::{json, Value};
 
-use super::channel::{post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport};
+use super::channel::{
+    post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
+};
 use super::render::{render, Text};
 use super::secret::Redactor;
 
@@ -45,7 +47,11 @@ pub fn message(text: &Text) -> Value {
 }
 
 impl ChannelKind for Slack {
-    fn send<'a>(&'a self, transport: &'a Transport, message: &'a Outgoing<'a>) -> BoxFuture<'a, Result<Delivered, Failed>> {
+    fn send<'a>(
+        &'a self,
+        transport: &'a Transport,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
         async move {
             let body = self::message(&render(message.event, message.payload)).to_string();
             post_json(transport, &self.url, Vec::new(), body, &self.redactor).await

@@ -6,7 +6,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use serde_json::{json, Value};
 
-use super::channel::{api_base, post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport};
+use super::channel::{
+    api_base, post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
+};
 use super::render::render;
 use super::secret::Redactor;
 
@@ -19,13 +21,25 @@ pub struct Telegram {
 }
 
 impl Telegram {
-    pub fn from_config(fields: &Fields<'_>, redactor: &mut Redactor) -> Result<Telegram, ConfigError> {
+    pub fn from_config(
+        fields: &Fields<'_>,
+        redactor: &mut Redactor,
+    ) -> Result<Telegram, ConfigError> {
         let token = fields.secret("bot_token", redactor)?;
         let chat_id = match fields.get("chat_id") {
             Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
-            _ => return Err(ConfigError::new("chat_id", "must be a chat number or an @channel name")),
+            _ => {
+                return Err(ConfigError::new(
+                    "chat_id",
+                    "must be a chat number or an @channel name",
+                ))
+            }
         };
-        let url = format!("{}/bot{}/sendMessage", api_base(fields, DEFAULT_API_BASE)?, token.expose());
+        let url = format!(
+            "{}/bot{}/sendMessage",
+            api_base(fields, DEFAULT_API_BASE)?,
+            token.expose()
+        );
         Ok(Telegram {
             url,
             chat_id,
@@ -35,7 +49,11 @@ impl Telegram {
 }
 
 impl ChannelKind for Telegram {
-    fn send<'a>(&'a self, transport: &'a Transport, message: &'a Outgoing<'a>) -> BoxFuture<'a, Result<Delivered, Failed>> {
+    fn send<'a>(
+        &'a self,
+        transport: &'a Transport,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
         async move {
             let body = json!({
                 "chat_id": self.chat_id,

@@ -8,7 +8,9 @@
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 
-use super::channel::{post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport};
+use super::channel::{
+    post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
+};
 use super::secret::Redactor;
 use super::signature::SigningKey;
 
@@ -19,10 +21,14 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn from_config(fields: &Fields<'_>, redactor: &mut Redactor) -> Result<Webhook, ConfigError> {
+    pub fn from_config(
+        fields: &Fields<'_>,
+        redactor: &mut Redactor,
+    ) -> Result<Webhook, ConfigError> {
         let url = fields.secret("url", redactor)?.expose().to_string();
         let secret = fields.secret("secret", redactor)?;
-        let key = SigningKey::from_secret(&secret).map_err(|err| ConfigError::new("secret", err.to_string()))?;
+        let key = SigningKey::from_secret(&secret)
+            .map_err(|err| ConfigError::new("secret", err.to_string()))?;
         Ok(Webhook {
             url,
             key,
@@ -41,7 +47,11 @@ pub fn body(message: &Outgoing<'_>) -> String {
 }
 
 impl ChannelKind for Webhook {
-    fn send<'a>(&'a self, transport: &'a Transport, message: &'a Outgoing<'a>) -> BoxFuture<'a, Result<Delivered, Failed>> {
+    fn send<'a>(
+        &'a self,
+        transport: &'a Transport,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
         async move {
             let body = body(message);
             let timestamp = chrono::Utc::now().timestamp();

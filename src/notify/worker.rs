@@ -195,9 +195,11 @@ pub fn spawn(
             tracing::info!("not leading the evaluator: notification delivery stopped");
         }
         let deadline = deliverer.lease();
-        if tokio::time::timeout(deadline, async { while in_flight.join_next().await.is_some() {} })
-            .await
-            .is_err()
+        if tokio::time::timeout(deadline, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
         {
             tracing::warn!("notification attempts still running at shutdown were cut off; they are retried with the same event id");
         }

@@ -83,7 +83,11 @@ impl Receiver {
                                 (received.clone(), arrived.clone(), respond.clone());
                             async move {
                                 let (parts, body) = request.into_parts();
-                                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
                                 let request = Received {
                                     method: parts.method.to_string(),
                                     path: parts.uri.path().to_string(),
@@ -121,7 +125,10 @@ impl Receiver {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn respond_with(&self, responder: impl Fn(&Received) -> (u16, Duration) + Send + Sync + 'static) {
+    pub fn respond_with(
+        &self,
+        responder: impl Fn(&Received) -> (u16, Duration) + Send + Sync + 'static,
+    ) {
         *self.respond.lock().unwrap() = Box::new(responder);
     }
 
@@ -130,7 +137,12 @@ impl Receiver {
     }
 
     /// Waits until `check` holds for the requests received so far.
-    pub async fn wait_until(&self, what: &str, within: Duration, check: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let arrived = self.arrived.notified();
@@ -139,7 +151,10 @@ impl Receiver {
                 return now;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("timed out after {within:?} waiting for {what}; received {} requests", now.len());
+                panic!(
+                    "timed out after {within:?} waiting for {what}; received {} requests",
+                    now.len()
+                );
             }
         }
     }
@@ -147,8 +162,20 @@ impl Receiver {
 
 /// A webhook channel to `url` signed with `secret`, routed every incident (or only
 /// `monitor`'s); returns the channel id.
-pub async fn webhook_channel(pool: &PgPool, name: &str, url: &str, secret: &str, monitor: Option<i32>) -> i32 {
-    let channel = channel(pool, name, "webhook", serde_json::json!({"url": url, "secret": secret})).await;
+pub async fn webhook_channel(
+    pool: &PgPool,
+    name: &str,
+    url: &str,
+    secret: &str,
+    monitor: Option<i32>,
+) -> i32 {
+    let channel = channel(
+        pool,
+        name,
+        "webhook",
+        serde_json::json!({"url": url, "secret": secret}),
+    )
+    .await;
     route(pool, channel, monitor).await;
     channel
 }
@@ -222,9 +249,11 @@ pub async fn resolve_incident(pool: &PgPool, incident: i64) {
 
 /// (event, status, attempts) of every notification of `channel`, oldest first.
 pub async fn outbox(pool: &PgPool, channel: i32) -> Vec<(String, String, i32)> {
-    sqlx::query_as("SELECT event, status, attempts FROM notifications WHERE channel_id = $1 ORDER BY id")
-        .bind(channel)
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "SELECT event, status, attempts FROM notifications WHERE channel_id = $1 ORDER BY id",
+    )
+    .bind(channel)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }

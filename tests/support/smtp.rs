@@ -50,7 +50,12 @@ struct Session {
 
 impl SmtpServer {
     /// `implicit`: TLS from the first byte (port 465 style); otherwise STARTTLS.
-    pub async fn start(tls: Arc<ServerConfig>, implicit: bool, user: &str, password: &str) -> SmtpServer {
+    pub async fn start(
+        tls: Arc<ServerConfig>,
+        implicit: bool,
+        user: &str,
+        password: &str,
+    ) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mails = Arc::new(Mutex::new(Vec::new()));
@@ -65,15 +70,21 @@ impl SmtpServer {
                 tokio::spawn(async move {
                     let acceptor = TlsAcceptor::from(session.tls.clone());
                     if implicit {
-                        let Ok(tls) = acceptor.accept(stream).await else { return };
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
                         session.converse(&mut BufReader::new(tls), true, true).await;
                         return;
                     }
                     let mut plain = BufReader::new(stream);
                     if let Next::StartTls = session.converse(&mut plain, false, true).await {
                         // The client waits for our 220 before its handshake: nothing is buffered.
-                        let Ok(tls) = acceptor.accept(plain.into_inner()).await else { return };
-                        session.converse(&mut BufReader::new(tls), true, false).await;
+                        let Ok(tls) = acceptor.accept(plain.into_inner()).await else {
+                            return;
+                        };
+                        session
+                            .converse(&mut BufReader::new(tls), true, false)
+                            .await;
                     }
                 });
             }
@@ -88,7 +99,12 @@ impl SmtpServer {
 
 impl Session {
     /// The SMTP dialogue; `greet` on a new connection (not after STARTTLS).
-    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut BufReader<S>, secure: bool, greet: bool) -> Next {
+    async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut BufReader<S>,
+        secure: bool,
+        greet: bool,
+    ) -> Next {
         let mut mail = Mail::default();
         let mut line = String::new();
         if greet {
@@ -101,9 +117,15 @@ impl Session {
                 Ok(_) => {}
             }
             let command = line.trim_end().to_string();
-            let verb = command.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+            let verb = command
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
             let answer = match verb.as_str() {
-                "EHLO" | "HELO" if secure => "250-test.local\r\n250-AUTH PLAIN\r\n250 8BITMIME".to_string(),
+                "EHLO" | "HELO" if secure => {
+                    "250-test.local\r\n250-AUTH PLAIN\r\n250 8BITMIME".to_string()
+                }
                 "EHLO" | "HELO" => "250-test.local\r\n250-STARTTLS\r\n250 8BITMIME".to_string(),
                 "STARTTLS" if !secure => {
                     let _ = reply(stream, "220 2.0.0 ready to start TLS").await;
@@ -116,14 +138,17 @@ impl Session {
                         .split(|b| *b == 0)
                         .map(|p| String::from_utf8_lossy(p).into_owned())
                         .collect();
-                    if parts.len() == 3 && (parts[1].clone(), parts[2].clone()) == self.credentials {
+                    if parts.len() == 3 && (parts[1].clone(), parts[2].clone()) == self.credentials
+                    {
                         mail.user = Some(parts[1].clone());
                         "235 2.7.0 authenticated".to_string()
                     } else {
                         "535 5.7.8 authentication failed".to_string()
                     }
                 }
-                "MAIL" | "RCPT" | "DATA" if !secure => "530 5.7.0 must issue a STARTTLS command first".to_string(),
+                "MAIL" | "RCPT" | "DATA" if !secure => {
+                    "530 5.7.0 must issue a STARTTLS command first".to_string()
+                }
                 "MAIL" if mail.user.is_none() => "530 5.7.0 authentication required".to_string(),
                 "MAIL" => {
                     mail.from = address(&command);
@@ -173,7 +198,10 @@ fn address(command: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn reply<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut BufReader<S>, text: &str) -> std::io::Result<()> {
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut BufReader<S>,
+    text: &str,
+) -> std::io::Result<()> {
     let stream = stream.get_mut();
     stream.write_all(text.as_bytes()).await?;
     stream.write_all(b"\r\n").await?;
