@@ -80,9 +80,9 @@ BEGIN
     IF btrim(coalesce(NEW.name, '')) = '' THEN
         PERFORM vantage_reject('notification_channels.name', 'must not be empty');
     END IF;
-    IF NEW.rate_limit_per_minute IS NULL OR NEW.rate_limit_per_minute NOT BETWEEN 2 AND 10000 THEN
+    IF NEW.rate_limit_per_minute IS NULL OR NEW.rate_limit_per_minute NOT BETWEEN 2 AND 1000000 THEN
         PERFORM vantage_reject('notification_channels.rate_limit_per_minute',
-            format('must be between 2 and 10000 messages per minute (got %s)',
+            format('must be between 2 and 1000000 messages per minute (got %s)',
                    coalesce(NEW.rate_limit_per_minute::text, 'NULL')),
             'one message of the limit is kept for the summary of what was coalesced');
     END IF;

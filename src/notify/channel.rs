@@ -101,12 +101,14 @@ pub fn build(
         "telegram" => Box::new(telegram::Telegram::from_config(&fields, redactor)?),
         "pagerduty" => Box::new(pagerduty::PagerDuty::from_config(&fields, redactor)?),
         "email" => Box::new(email::Email::from_config(&fields, redactor)?),
-        other => return Err(ConfigError::new(
-            "kind",
-            format!(
+        other => {
+            return Err(ConfigError::new(
+                "kind",
+                format!(
                 "{other:?} is not a channel kind; use webhook, slack, telegram, pagerduty or email"
             ),
-        )),
+            ))
+        }
     })
 }
 

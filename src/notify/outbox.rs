@@ -112,17 +112,27 @@ async fn claim_channel(
     let Some(limit) = limit else {
         return Ok(Vec::new());
     };
+    // Counting stops at the limit: nothing beyond it changes the decision.
     let used: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM notification_attempts \
-         WHERE channel_id = $1 AND started_at > now() - interval '{RATE_WINDOW}'"
+        "SELECT count(*) FROM (SELECT 1 FROM notification_attempts \
+         WHERE channel_id = $1 AND started_at > now() - interval '{RATE_WINDOW}' LIMIT $2) t"
     ))
     .bind(channel_id)
+    .bind(limit)
     .fetch_one(&mut *tx)
     .await?;
     let budget = i64::from(limit) - used;
     if budget <= 0 {
         return Ok(Vec::new());
     }
+    let room = i64::try_from(room).unwrap_or(i64::MAX);
+    // With more budget than room, no coalescing can be needed now: read only what fits.
+    // Otherwise read every due row, to know whether they exceed the budget.
+    let rows = if budget > room {
+        room
+    } else {
+        MAX_ROWS_PER_CHANNEL
+    };
     // Due rows in order; `blocked`: an earlier row of the same incident is pending.
     let due: Vec<(i64, bool)> = sqlx::query_as(
         "SELECT n.id, EXISTS ( \
@@ -134,10 +144,9 @@ async fn claim_channel(
          ORDER BY n.id LIMIT $2 FOR UPDATE OF n SKIP LOCKED",
     )
     .bind(channel_id)
-    .bind(MAX_ROWS_PER_CHANNEL)
+    .bind(rows)
     .fetch_all(&mut *tx)
     .await?;
-    let room = i64::try_from(room).unwrap_or(i64::MAX);
     let unblocked = due
         .iter()
         .filter(|(_, blocked)| !blocked)

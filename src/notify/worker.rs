@@ -226,9 +226,13 @@ async fn deliver_while_leading(
             next_sweep = tokio::time::Instant::now() + deliverer.config.sweep_interval;
         }
         let room = deliverer.config.concurrency.saturating_sub(in_flight.len());
+        // Whether more may be due than was taken; if not, only a finished attempt (or a
+        // NOTIFY) can make work, and the next due time need not be read.
+        let mut took_all = true;
         if room > 0 {
             match deliverer.claim(room).await {
                 Ok(batch) => {
+                    took_all = batch.len() < room;
                     for claimed in batch {
                         let deliverer = deliverer.clone();
                         in_flight.spawn(async move {
@@ -243,12 +247,16 @@ async fn deliver_while_leading(
                 }
             }
         }
-        let wait = match outbox::next_due(&deliverer.pool).await {
-            Ok(Some(due)) => (due - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .clamp(MIN_POLL, MAX_POLL),
-            Ok(None) | Err(_) => MAX_POLL,
+        let wait = if took_all {
+            match outbox::next_due(&deliverer.pool).await {
+                Ok(Some(due)) => (due - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .clamp(MIN_POLL, MAX_POLL),
+                Ok(None) | Err(_) => MAX_POLL,
+            }
+        } else {
+            MAX_POLL
         };
         let wait = wait.min(next_sweep.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
@@ -258,7 +266,10 @@ async fn deliver_while_leading(
                     return;
                 }
             }
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                // Take the room of every attempt that ended, in one claim.
+                while in_flight.try_join_next().is_some() {}
+            }
             notified = recv(&mut listener) => {
                 if !notified {
                     // Reconnected at the next turn; the catch-up read covers the gap.

@@ -26,6 +26,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request was complete (for latency figures).
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -93,6 +95,7 @@ impl Receiver {
                                     path: parts.uri.path().to_string(),
                                     headers: parts.headers,
                                     body,
+                                    at: std::time::Instant::now(),
                                 };
                                 let (status, delay) = (respond.lock().unwrap())(&request);
                                 received.lock().unwrap().push(request);
