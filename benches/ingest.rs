@@ -6,16 +6,15 @@
 //!     DATABASE_URL=postgres://... cargo bench --bench ingest   # an existing server
 //!     INGEST_ROWS=1000000 INGEST_BATCH_ROWS=5000 INGEST_MAX_INFLIGHT=2 cargo bench --bench ingest
 //!
-//! The temporary cluster is switched to durable settings (fsync, synchronous_commit,
-//! full_page_writes on) and PostgreSQL's default shared_buffers (128 MB) and
-//! max_wal_size (1 GB) before measuring, so the figure is neither flattered nor starved
-//! by the test tuning. Both measurements write the same rows to `api_heartbeats`.
+//! The temporary cluster runs with durable settings and PostgreSQL's default buffers
+//! (`support::bench_database`). Both measurements write the same rows to `api_heartbeats`.
+
+mod support;
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
-use vantage::embedded_postgres::EmbeddedPostgres;
 use vantage::storage::{self, HeartbeatWriter, WriterConfig};
 use vantage::{Heartbeat, ProbeReport, ProbeStatus};
 
@@ -110,36 +109,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
 
-    let (_cluster, url) = match std::env::var("DATABASE_URL") {
-        Ok(base) if !base.is_empty() => {
-            let mut url: url::Url = base.parse()?;
-            url.set_path(&format!("/vantage_bench_{}", std::process::id()));
-            (None, url.to_string())
-        }
-        _ => {
-            let pg = EmbeddedPostgres::start_temporary().await?;
-            let admin = storage::connect(&pg.url("postgres")).await?;
-            for sql in [
-                "ALTER SYSTEM SET fsync = on",
-                "ALTER SYSTEM SET synchronous_commit = on",
-                "ALTER SYSTEM SET full_page_writes = on",
-                // PostgreSQL's own defaults, not the test clusters' tiny ones.
-                "ALTER SYSTEM SET shared_buffers = '128MB'",
-                "ALTER SYSTEM SET max_wal_size = '1GB'",
-            ] {
-                sqlx::raw_sql(sql).execute(&admin).await?;
-            }
-            admin.close().await;
-            // shared_buffers needs a restart.
-            pg.stop().await?;
-            pg.start().await?;
-            let url = pg.url("vantage_bench");
-            (Some(pg), url)
-        }
-    };
-    storage::ensure_database_exists(&url).await?;
+    let (_cluster, url) = support::bench_database("vantage_bench").await?;
     let pool = storage::connect(&url).await?;
-    storage::migrate(&pool).await?;
     sqlx::query("TRUNCATE api_heartbeats")
         .execute(&pool)
         .await?;

@@ -27,6 +27,7 @@
 //! meantime probes the same deterministic slots, and heartbeats are keyed by slot, so the
 //! overlap cannot create duplicate rows. Set the grace to zero for strict self-fencing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
@@ -560,4 +561,23 @@ async fn close_term(
         }
     };
     Ok(())
+}
+
+/// The datacenters whose leadership lock is held right now, in this database (a test
+/// cluster holds many). The lock is the truth; `agents.role` may lag behind it.
+pub async fn datacenters_with_leader(pool: &sqlx::PgPool) -> Result<HashSet<i32>, sqlx::Error> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT objid::bigint FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = $1 \
+           AND objid::bigint <> $2 \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(i64::from(LOCK_NAMESPACE))
+    .bind(i64::from(LeadershipScope::Evaluator.lock_key()))
+    .fetch_all(pool)
+    .await?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| i32::try_from(id).ok())
+        .collect())
 }

@@ -10,6 +10,7 @@ pub mod check;
 pub mod embedded_postgres;
 pub mod heartbeat;
 pub mod housekeeping;
+pub mod incidents;
 pub mod leadership;
 pub mod metrics;
 pub mod monitors;

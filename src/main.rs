@@ -46,6 +46,10 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Load the example datacenters, schedules and monitors (idempotent; DATABASE_URL).
     SeedExample(DatabaseArgs),
+    /// Open incidents (or all since --since 7d); `incidents ack ID` acknowledges one.
+    Incidents(vantage::incidents::cli::IncidentsArgs),
+    /// Maintenance windows: `add`, `list`, `end`.
+    Maintenance(vantage::incidents::cli::MaintenanceArgs),
     /// List the latest notifications, or only those given up (--failed).
     Notifications(vantage::notify::cli::NotificationsArgs),
     /// Notification channels: send a test message, make a webhook secret.
@@ -84,6 +88,14 @@ async fn main() -> ExitCode {
         Command::SeedExample(args) => {
             telemetry::init(cli.log_format, "info");
             seed_example(&args.database_url).await
+        }
+        Command::Incidents(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::incidents::cli::incidents(args).await
+        }
+        Command::Maintenance(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::incidents::cli::maintenance(args).await
         }
         Command::Notifications(args) => {
             telemetry::init(cli.log_format, "warn");

@@ -50,6 +50,11 @@ struct DatacenterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IncidentKindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -97,6 +102,10 @@ pub struct Metrics {
     writer_buffered_rows: Gauge,
     writer_spooled_rows: Gauge,
     config_reloads: Family<ResultLabels, Counter>,
+    evaluator_leader: Gauge,
+    incidents_open: Family<IncidentKindLabels, Gauge>,
+    evaluation_duration: Histogram,
+    evaluated_heartbeats: Counter,
     notification_attempts: Family<NotificationLabels, Counter>,
 }
 
@@ -177,6 +186,31 @@ impl Metrics {
             config_reloads.clone(),
         );
 
+        let evaluator_leader = Gauge::default();
+        registry.register(
+            "vantage_evaluator_leader",
+            "1 while this instance is the system-wide incident evaluator, else 0",
+            evaluator_leader.clone(),
+        );
+        let incidents_open = Family::<IncidentKindLabels, Gauge>::default();
+        registry.register(
+            "vantage_incidents_open",
+            "Open incidents by kind, as seen by the evaluator (reported by the evaluating instance only)",
+            incidents_open.clone(),
+        );
+        let evaluation_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "vantage_evaluation_duration",
+            "Time of one evaluation tick: reading new heartbeats, deciding, writing incidents",
+            Unit::Seconds,
+            evaluation_duration.clone(),
+        );
+        let evaluated_heartbeats = Counter::default();
+        registry.register(
+            "vantage_evaluated_heartbeats",
+            "Heartbeats read by the incident evaluator",
+            evaluated_heartbeats.clone(),
+        );
         let notification_attempts = Family::<NotificationLabels, Counter>::default();
         registry.register(
             "vantage_notification_attempts",
@@ -196,6 +230,10 @@ impl Metrics {
             writer_buffered_rows,
             writer_spooled_rows,
             config_reloads,
+            evaluator_leader,
+            incidents_open,
+            evaluation_duration,
+            evaluated_heartbeats,
             notification_attempts,
         })
     }
@@ -272,6 +310,25 @@ impl Metrics {
                 result: result.as_str(),
             })
             .inc();
+    }
+
+    pub fn set_evaluator_leader(&self, is_leader: bool) {
+        self.evaluator_leader.set(i64::from(is_leader));
+    }
+
+    /// Open incidents by kind; kinds not given read 0.
+    pub fn set_open_incidents(&self, open: &std::collections::HashMap<&'static str, i64>) {
+        for kind in ["monitor_down", "monitor_degraded", "datacenter_impaired"] {
+            self.incidents_open
+                .get_or_create(&IncidentKindLabels { kind })
+                .set(open.get(kind).copied().unwrap_or(0));
+        }
+    }
+
+    /// One evaluation tick read `heartbeats` and took `took`.
+    pub fn observe_evaluation(&self, heartbeats: usize, took: Duration) {
+        self.evaluation_duration.observe(took.as_secs_f64());
+        self.evaluated_heartbeats.inc_by(heartbeats as u64);
     }
 
     /// A notification attempt ended: `result` is sent, retry or failed (given up).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -172,11 +172,11 @@ pub async fn watch_monitors(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
-                notified = recv(&mut listener) => {
+                notified = storage::next_notification(&mut listener) => {
                     if notified {
                         // Several statements in a row (a script editing monitors) arrive
                         // as a burst: reload once, after it settles.
-                        while tokio::time::timeout(NOTIFY_SETTLE, recv(&mut listener)).await == Ok(true) {}
+                        while tokio::time::timeout(NOTIFY_SETTLE, storage::next_notification(&mut listener)).await == Ok(true) {}
                     } else {
                         // Whatever changed while disconnected is unknown: reload anyway.
                         listener = None;
@@ -204,14 +204,6 @@ pub async fn watch_monitors(
 
 fn into_set(monitors: Vec<RunnableMonitor>) -> MonitorSet {
     Arc::new(monitors.into_iter().map(Arc::new).collect())
-}
-
-/// Waits for a notification; `false` when the listener is gone or broke.
-async fn recv(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => l.recv().await.is_ok(),
-        None => std::future::pending().await,
-    }
 }
 
 /// Logs each unusable row once per distinct reason, not on every reload.

@@ -29,6 +29,7 @@ use crate::agent::{self, AgentIdentity};
 use crate::api::{self, InstanceView};
 use crate::heartbeat::Heartbeat;
 use crate::housekeeping;
+use crate::incidents::{self, EvaluatorConfig};
 use crate::leadership::{ElectionConfig, Elector, Leadership, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
@@ -129,6 +130,23 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     );
     election.outage_grace = args.db_outage_grace;
     let elector = Elector::start(election, shutdown.clone());
+    // Every instance bids for the one system-wide evaluator too; a dead database leaves
+    // nothing to evaluate, so it fences at once instead of riding out an outage.
+    let mut evaluator_election = ElectionConfig::new(
+        connect_options.clone(),
+        LeadershipScope::Evaluator,
+        agent_id,
+    );
+    evaluator_election.outage_grace = Duration::ZERO;
+    let evaluator_elector = Elector::start(evaluator_election, shutdown.clone());
+    let evaluator = incidents::spawn(
+        pool.clone(),
+        connect_options.clone(),
+        evaluator_elector.subscribe(),
+        EvaluatorConfig::default(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let monitor_set = monitors::watch_monitors(
         pool.clone(),
@@ -194,6 +212,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     // Shutdown, in order. The scheduler has stopped dispatching; the elector resigns as
     // soon as it sees the cancelled token.
     elector.stopped().await;
+    evaluator_elector.stopped().await;
     in_flight.close();
     if tokio::time::timeout(args.shutdown_timeout, in_flight.wait())
         .await
@@ -206,7 +225,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let flushed = writer.shutdown().await;
     tracing::info!(?flushed, "heartbeat writer stopped");
-    let _ = tokio::join!(liveness, housekeeping, endpoints);
+    let _ = tokio::join!(liveness, housekeeping, endpoints, evaluator);
     pool.close().await;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -65,22 +65,16 @@ CREATE TRIGGER api_monitors_alerting_validate BEFORE INSERT OR UPDATE ON api_mon
 -- Reading new heartbeats once, in commit order
 -- ---------------------------------------------------------------------------------
 
--- The id of the transaction that stored the row. Rows of transactions older than the
--- oldest one still running (pg_snapshot_xmin) can no longer appear, so the evaluator
--- reads `ingest_xid >= <xmin at its previous read>` and never misses a row that
--- committed late; rows it sees twice are recognised by their slot. A sequence or a
--- timestamp would not do: both are taken before commit, so a later read could find a
--- smaller value committed after a larger one.
+-- The id of the transaction that stored the row. After reading under a snapshot, the
+-- only rows the evaluator has not seen are those of transactions the snapshot did not
+-- see committed: `ingest_xid >= pg_snapshot_xmax` or one of `pg_snapshot_xip`. So each
+-- read asks for exactly those, and a row whose transaction committed late is still
+-- read once. A sequence or a timestamp would not do: both are taken before commit, so
+-- a later read could find a smaller value committed after a larger one.
 ALTER TABLE api_heartbeats
     ADD COLUMN ingest_xid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
 
 CREATE INDEX api_heartbeats_ingest_xid_idx ON api_heartbeats (ingest_xid);
-
--- The evaluator's read horizon: the oldest transaction still running (as bigint).
-CREATE FUNCTION vantage_ingest_horizon() RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-$$;
 
 -- ---------------------------------------------------------------------------------
 -- Evaluation state

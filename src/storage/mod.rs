@@ -81,6 +81,16 @@ pub async fn listen(
     Some(listener)
 }
 
+/// Waits for a notification on a listener from [`listen`]; `false` when the listener is
+/// gone or broke (the caller reconnects and reloads). Without a listener it waits
+/// forever, so it can stand in a `select!` beside a periodic reload.
+pub async fn next_notification(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// `err`'s text with any password in it (URL userinfo or `password=` pairs) masked.
 pub fn redact_error(err: &sqlx::Error) -> String {
     redact(&err.to_string())
