@@ -371,3 +371,74 @@ async fn notify_test_sends_through_the_real_path_and_says_how_it_went() {
         "{listed}"
     );
 }
+
+/// The Python verifier shown in README.md, run on a real delivery: it accepts it with
+/// the channel's secret and rejects it with another one or with a stale timestamp.
+#[tokio::test]
+async fn the_readme_python_verifier_accepts_a_real_delivery() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let snippet = readme
+        .split("```python\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains("def verify("))
+        .expect("README shows a Python verify()");
+    let db = TestDb::fresh().await;
+    let receiver = Receiver::start().await;
+    let secret = vantage::notify::signature::new_secret();
+    channel(
+        &db.pool,
+        "ops",
+        "webhook",
+        json!({"url": receiver.url("/hook"), "secret": secret}),
+    )
+    .await;
+    let url = db.url.clone();
+    let sent = tokio::task::spawn_blocking(move || vantage(&["notify", "test", "ops"], &url))
+        .await
+        .unwrap();
+    assert!(sent.status.success());
+    let request = &receiver.received()[0];
+    let headers: serde_json::Map<String, serde_json::Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|h| (h.to_string(), request.header(h).into()))
+            .collect();
+    let case = json!({
+        "headers": headers,
+        "body": String::from_utf8(request.body.to_vec()).unwrap(),
+        "secret": secret,
+        "other": vantage::notify::signature::new_secret(),
+    });
+    let program = format!(
+        "{snippet}\nimport json, sys\nc = json.load(sys.stdin)\nh, b = c['headers'], c['body'].encode()\n\
+         stale = dict(h, **{{'webhook-timestamp': str(int(h['webhook-timestamp']) - 301)}})\n\
+         print(verify(c['secret'], h, b), verify(c['other'], h, b), verify(c['secret'], stale, b))\n"
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = Command::new("python3")
+            .args(["-c", &program])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is installed");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(case.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "True False False",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
