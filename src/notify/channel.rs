@@ -69,6 +69,47 @@ pub trait ChannelKind: Send + Sync {
     ) -> BoxFuture<'a, Result<Delivered, Failed>>;
 }
 
+/// A kind that POSTs one JSON document per message (webhook, Slack, Telegram,
+/// PagerDuty): it only composes the request; [`JsonPost`] sends it.
+pub trait JsonMessage: Send + Sync {
+    /// Extra headers and the body for `message`.
+    fn compose(&self, message: &Outgoing<'_>) -> (Vec<(String, String)>, String);
+}
+
+/// Sends what a [`JsonMessage`] composes to `url`, scrubbing errors with `redactor`.
+pub struct JsonPost<K> {
+    url: String,
+    redactor: Redactor,
+    kind: K,
+}
+
+impl<K> JsonPost<K> {
+    pub fn new(url: String, redactor: &Redactor, kind: K) -> JsonPost<K> {
+        JsonPost {
+            url,
+            redactor: redactor.clone(),
+            kind,
+        }
+    }
+}
+
+impl<K: JsonMessage> ChannelKind for JsonPost<K> {
+    fn send<'a>(
+        &'a self,
+        transport: &'a Transport,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
+        let (headers, body) = self.kind.compose(message);
+        Box::pin(post_json(
+            transport,
+            &self.url,
+            headers,
+            body,
+            &self.redactor,
+        ))
+    }
+}
+
 /// A bad channel config, found when a message is about to be sent (the database checks
 /// the shape on write; secrets are resolved only here).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,13 +5,9 @@
 //! events trigger (opened, updated, reminder), acknowledge or resolve it. Certificate
 //! notices, summaries and tests trigger alerts of their own (keyed by their event id).
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt as _;
 use serde_json::{json, Value};
 
-use super::channel::{
-    api_base, post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
-};
+use super::channel::{api_base, ConfigError, Fields, JsonMessage, JsonPost, Outgoing};
 use super::render::render;
 use super::secret::{Redactor, Secret};
 
@@ -21,22 +17,17 @@ const DEFAULT_API_BASE: &str = "https://events.pagerduty.com";
 const MAX_SUMMARY_CHARS: usize = 1024;
 
 pub struct PagerDuty {
-    url: String,
     routing_key: Secret,
-    redactor: Redactor,
 }
 
 impl PagerDuty {
     pub fn from_config(
         fields: &Fields<'_>,
         redactor: &mut Redactor,
-    ) -> Result<PagerDuty, ConfigError> {
+    ) -> Result<JsonPost<PagerDuty>, ConfigError> {
         let routing_key = fields.secret("routing_key", redactor)?;
-        Ok(PagerDuty {
-            url: format!("{}/v2/enqueue", api_base(fields, DEFAULT_API_BASE)?),
-            routing_key,
-            redactor: redactor.clone(),
-        })
+        let url = format!("{}/v2/enqueue", api_base(fields, DEFAULT_API_BASE)?);
+        Ok(JsonPost::new(url, redactor, PagerDuty { routing_key }))
     }
 }
 
@@ -86,16 +77,11 @@ pub fn event(routing_key: &str, message: &Outgoing<'_>) -> Value {
     body
 }
 
-impl ChannelKind for PagerDuty {
-    fn send<'a>(
-        &'a self,
-        transport: &'a Transport,
-        message: &'a Outgoing<'a>,
-    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
-        async move {
-            let body = event(self.routing_key.expose(), message).to_string();
-            post_json(transport, &self.url, Vec::new(), body, &self.redactor).await
-        }
-        .boxed()
+impl JsonMessage for PagerDuty {
+    fn compose(&self, message: &Outgoing<'_>) -> (Vec<(String, String)>, String) {
+        (
+            Vec::new(),
+            event(self.routing_key.expose(), message).to_string(),
+        )
     }
 }

@@ -3,28 +3,21 @@
 //! database). A `text` fallback for notifications and a block layout: the title, then
 //! the status, monitor, datacenters, first error and duration as fields.
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt as _;
 use serde_json::{json, Value};
 
-use super::channel::{
-    post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
-};
+use super::channel::{ConfigError, Fields, JsonMessage, JsonPost, Outgoing};
 use super::render::{render, Text};
 use super::secret::Redactor;
 
-pub struct Slack {
-    url: String,
-    redactor: Redactor,
-}
+pub struct Slack;
 
 impl Slack {
-    pub fn from_config(fields: &Fields<'_>, redactor: &mut Redactor) -> Result<Slack, ConfigError> {
+    pub fn from_config(
+        fields: &Fields<'_>,
+        redactor: &mut Redactor,
+    ) -> Result<JsonPost<Slack>, ConfigError> {
         let url = fields.secret("url", redactor)?.expose().to_string();
-        Ok(Slack {
-            url,
-            redactor: redactor.clone(),
-        })
+        Ok(JsonPost::new(url, redactor, Slack))
     }
 }
 
@@ -46,16 +39,9 @@ pub fn message(text: &Text) -> Value {
     json!({"text": text.title, "blocks": blocks})
 }
 
-impl ChannelKind for Slack {
-    fn send<'a>(
-        &'a self,
-        transport: &'a Transport,
-        message: &'a Outgoing<'a>,
-    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
-        async move {
-            let body = self::message(&render(message.event, message.payload)).to_string();
-            post_json(transport, &self.url, Vec::new(), body, &self.redactor).await
-        }
-        .boxed()
+impl JsonMessage for Slack {
+    fn compose(&self, message: &Outgoing<'_>) -> (Vec<(String, String)>, String) {
+        let text = render(message.event, message.payload);
+        (Vec::new(), self::message(&text).to_string())
     }
 }

@@ -5,35 +5,24 @@
 //! attempt, `webhook-timestamp` the Unix time of this attempt (receivers reject ones
 //! more than five minutes off, so a retry is signed anew).
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt as _;
-
-use super::channel::{
-    post_json, ChannelKind, ConfigError, Delivered, Failed, Fields, Outgoing, Transport,
-};
+use super::channel::{ConfigError, Fields, JsonMessage, JsonPost, Outgoing};
 use super::secret::Redactor;
 use super::signature::SigningKey;
 
 pub struct Webhook {
-    url: String,
     key: SigningKey,
-    redactor: Redactor,
 }
 
 impl Webhook {
     pub fn from_config(
         fields: &Fields<'_>,
         redactor: &mut Redactor,
-    ) -> Result<Webhook, ConfigError> {
+    ) -> Result<JsonPost<Webhook>, ConfigError> {
         let url = fields.secret("url", redactor)?.expose().to_string();
         let secret = fields.secret("secret", redactor)?;
         let key = SigningKey::from_secret(&secret)
             .map_err(|err| ConfigError::new("secret", err.to_string()))?;
-        Ok(Webhook {
-            url,
-            key,
-            redactor: redactor.clone(),
-        })
+        Ok(JsonPost::new(url, redactor, Webhook { key }))
     }
 }
 
@@ -46,23 +35,16 @@ pub fn body(message: &Outgoing<'_>) -> String {
     body.to_string()
 }
 
-impl ChannelKind for Webhook {
-    fn send<'a>(
-        &'a self,
-        transport: &'a Transport,
-        message: &'a Outgoing<'a>,
-    ) -> BoxFuture<'a, Result<Delivered, Failed>> {
-        async move {
-            let body = body(message);
-            let timestamp = chrono::Utc::now().timestamp();
-            let signature = self.key.sign(message.event_id, timestamp, body.as_bytes());
-            let headers = vec![
-                ("webhook-id".to_string(), message.event_id.to_string()),
-                ("webhook-timestamp".to_string(), timestamp.to_string()),
-                ("webhook-signature".to_string(), signature),
-            ];
-            post_json(transport, &self.url, headers, body, &self.redactor).await
-        }
-        .boxed()
+impl JsonMessage for Webhook {
+    fn compose(&self, message: &Outgoing<'_>) -> (Vec<(String, String)>, String) {
+        let body = body(message);
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = self.key.sign(message.event_id, timestamp, body.as_bytes());
+        let headers = vec![
+            ("webhook-id".to_string(), message.event_id.to_string()),
+            ("webhook-timestamp".to_string(), timestamp.to_string()),
+            ("webhook-signature".to_string(), signature),
+        ];
+        (headers, body)
     }
 }
