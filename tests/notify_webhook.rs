@@ -355,7 +355,11 @@ async fn over_the_rate_limit_the_excess_is_coalesced_into_a_summary_and_nothing_
     .await
     .unwrap();
     assert_eq!(limit, 20, "the default limit");
-    let worker = Worker::start(&db, dcs[0], config()).await;
+    // The limit is per minute; a window of 5 s shows it sliding within the test.
+    let window = Duration::from_secs(5);
+    let mut config = config();
+    config.rate_window = window;
+    let worker = Worker::start(&db, dcs[0], config).await;
 
     // 100 incidents within a few seconds, each in its own transaction as the evaluator does.
     for monitor in &monitors {
@@ -370,9 +374,32 @@ async fn over_the_rate_limit_the_excess_is_coalesced_into_a_summary_and_nothing_
     .await;
     worker.stop().await;
     let received = receiver.received();
+    let busiest: i64 = sqlx::query_scalar(
+        "SELECT max((SELECT count(*) FROM notification_attempts b \
+                     WHERE b.channel_id = a.channel_id AND b.started_at > a.started_at - $2 \
+                       AND b.started_at <= a.started_at)) \
+         FROM notification_attempts a WHERE a.channel_id = $1",
+    )
+    .bind(channel)
+    .bind(notify::outbox::interval(window))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(busiest <= limit, "{busiest} messages within one window");
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notification_attempts WHERE channel_id = $1")
+            .bind(channel)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        received.len() as i64,
+        "every message received is an attempt counted"
+    );
     assert!(
-        received.len() as i64 <= limit,
-        "{} messages within the minute",
+        received.len() < 100,
+        "{} messages for 100 events",
         received.len()
     );
     let summaries: Vec<&Received> = received

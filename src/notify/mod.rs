@@ -50,6 +50,9 @@ pub struct NotifyConfig {
     pub concurrency: usize,
     /// How often reminders and certificate notices are queued.
     pub sweep_interval: Duration,
+    /// The window of `rate_limit_per_minute`: a minute (tests shorten it to see the
+    /// window slide within seconds).
+    pub rate_window: Duration,
     /// HTTP(S) client of the webhook, Slack, Telegram and PagerDuty kinds: the probe
     /// engine (fresh connection, `VANTAGE_CA_FILE` roots, timeouts that hold).
     pub prober: Arc<Prober>,
@@ -65,6 +68,7 @@ impl NotifyConfig {
             give_up_after: Duration::from_secs(24 * 3600),
             concurrency: 32,
             sweep_interval: Duration::from_secs(60),
+            rate_window: Duration::from_secs(60),
             prober,
         }
     }
@@ -118,16 +122,14 @@ impl NotifyArgs {
         if self.notify_concurrency == 0 {
             anyhow::bail!("VANTAGE_NOTIFY_CONCURRENCY must be at least 1");
         }
-        let prober = Arc::new(Prober::from_env()?);
-        Ok(NotifyConfig {
-            attempt_timeout: self.notify_attempt_timeout,
-            backoff_base: self.notify_backoff_base,
-            backoff_max: self.notify_backoff_max,
-            give_up_after: self.notify_give_up_after,
-            concurrency: self.notify_concurrency,
-            sweep_interval: self.notify_sweep_interval,
-            prober,
-        })
+        let mut config = NotifyConfig::new(Arc::new(Prober::from_env()?));
+        config.attempt_timeout = self.notify_attempt_timeout;
+        config.backoff_base = self.notify_backoff_base;
+        config.backoff_max = self.notify_backoff_max;
+        config.give_up_after = self.notify_give_up_after;
+        config.concurrency = self.notify_concurrency;
+        config.sweep_interval = self.notify_sweep_interval;
+        Ok(config)
     }
 }
 

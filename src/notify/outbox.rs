@@ -24,9 +24,6 @@ pub const CHANNEL: &str = "vantage_notifications";
 /// Most rows taken from one channel in one go.
 const MAX_ROWS_PER_CHANNEL: i64 = 500;
 
-/// The rate limit's window.
-const RATE_WINDOW: &str = "1 minute";
-
 /// A notification taken for one attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -67,15 +64,23 @@ pub fn interval(d: Duration) -> PgInterval {
     }
 }
 
-/// Takes the due notifications of every enabled channel (at most `capacity`), leasing
-/// them for `lease`. Over a channel's rate limit, the excess is coalesced into one
-/// summary notification, which is taken too. `worker` names this process.
-pub async fn claim_due(
-    pool: &PgPool,
-    capacity: usize,
-    lease: Duration,
-    worker: &str,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+/// How notifications are taken: how many, for how long, by whom.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    /// Most rows taken.
+    pub capacity: usize,
+    /// How long a taken row is left alone (the attempt's deadline and a margin).
+    pub lease: Duration,
+    /// The window of channels' rate limits (a minute: `rate_limit_per_minute`).
+    pub rate_window: Duration,
+    /// Names this process in `notification_attempts.worker`.
+    pub worker: &'a str,
+}
+
+/// Takes the due notifications of every enabled channel, leasing them. Over a
+/// channel's rate limit, the excess is coalesced into one summary notification, which
+/// is taken too.
+pub async fn claim_due(pool: &PgPool, claim: &Claim<'_>) -> Result<Vec<Claimed>, sqlx::Error> {
     let channels: Vec<i32> = sqlx::query_scalar(
         "SELECT DISTINCT n.channel_id FROM notifications n \
          JOIN notification_channels c ON c.id = n.channel_id AND c.enabled \
@@ -85,11 +90,11 @@ pub async fn claim_due(
     .await?;
     let mut claimed = Vec::new();
     for channel in channels {
-        if claimed.len() >= capacity {
+        if claimed.len() >= claim.capacity {
             break;
         }
-        let room = capacity - claimed.len();
-        claimed.extend(claim_channel(pool, channel, room, lease, worker).await?);
+        let room = claim.capacity - claimed.len();
+        claimed.extend(claim_channel(pool, channel, room, claim).await?);
     }
     Ok(claimed)
 }
@@ -98,8 +103,7 @@ async fn claim_channel(
     pool: &PgPool,
     channel_id: i32,
     room: usize,
-    lease: Duration,
-    worker: &str,
+    claim: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Serialises rate-limit decisions per channel between workers.
@@ -113,12 +117,13 @@ async fn claim_channel(
         return Ok(Vec::new());
     };
     // Counting stops at the limit: nothing beyond it changes the decision.
-    let used: i64 = sqlx::query_scalar(&format!(
+    let used: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM notification_attempts \
-         WHERE channel_id = $1 AND started_at > now() - interval '{RATE_WINDOW}' LIMIT $2) t"
-    ))
+         WHERE channel_id = $1 AND started_at > now() - $3 LIMIT $2) t",
+    )
     .bind(channel_id)
     .bind(limit)
+    .bind(interval(claim.rate_window))
     .fetch_one(&mut *tx)
     .await?;
     let budget = i64::from(limit) - used;
@@ -165,7 +170,7 @@ async fn claim_channel(
             .collect();
         ids.push(coalesce(&mut tx, channel_id, &rest).await?);
     }
-    let claimed = lease_rows(&mut tx, &ids, lease, worker).await?;
+    let claimed = lease_rows(&mut tx, &ids, claim.lease, claim.worker).await?;
     tx.commit().await?;
     Ok(claimed)
 }

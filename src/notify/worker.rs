@@ -69,7 +69,13 @@ impl Deliverer {
 
     /// Takes up to `capacity` due notifications (see [`outbox::claim_due`]).
     pub async fn claim(&self, capacity: usize) -> Result<Vec<Claimed>, sqlx::Error> {
-        outbox::claim_due(&self.pool, capacity, self.lease(), &self.worker).await
+        let claim = outbox::Claim {
+            capacity,
+            lease: self.lease(),
+            rate_window: self.config.rate_window,
+            worker: &self.worker,
+        };
+        outbox::claim_due(&self.pool, &claim).await
     }
 
     /// Takes every due notification once, sends them all concurrently (up to the
