@@ -377,3 +377,64 @@ async fn the_reader_role_sees_channels_but_not_their_secrets() {
         .unwrap();
     reader.close().await;
 }
+
+#[tokio::test]
+async fn open_incidents_are_reminded_on_routes_with_repeat_every() {
+    let db = TestDb::fresh().await;
+    let pool = &db.pool;
+    let dcs = seed_datacenters(pool, &["va"]).await;
+    let api = seed_monitor(pool, "api", "https://api.example/", 10).await;
+    let web = seed_monitor(pool, "web", "https://web.example/", 10).await;
+    let pager = webhook(pool, "pager").await;
+    sqlx::query(
+        "INSERT INTO notification_routes (channel_id, repeat_every) VALUES ($1, '10 minutes')",
+    )
+    .bind(pager)
+    .execute(pool)
+    .await
+    .unwrap();
+    let quiet = webhook(pool, "quiet").await;
+    route(pool, quiet, None).await;
+    let open = open_incident(pool, api, &dcs).await;
+    let acknowledged = open_incident(pool, web, &dcs).await;
+    add_event(pool, acknowledged, "acknowledged", &[]).await;
+    sqlx::query("UPDATE incidents SET acknowledged_at = now() WHERE id = $1")
+        .bind(acknowledged)
+        .execute(pool)
+        .await
+        .unwrap();
+    let remind = || async {
+        sqlx::query_scalar::<_, i32>("SELECT vantage_queue_reminders()")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+
+    assert_eq!(remind().await, 0, "nothing is due yet");
+    // Eleven minutes later, as far as the outbox can tell.
+    sqlx::query("UPDATE notifications SET created_at = created_at - interval '11 minutes'")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        remind().await,
+        1,
+        "one reminder: the open, unacknowledged incident, on the repeating route"
+    );
+    assert_eq!(
+        remind().await,
+        0,
+        "and not again until another ten minutes pass"
+    );
+    let reminded: (String, Option<i64>) = sqlx::query_as(
+        "SELECT event, incident_id FROM notifications WHERE channel_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(pager)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(reminded, ("incident.reminder".to_string(), Some(open)));
+    assert!(!events(pool, quiet)
+        .await
+        .contains(&"incident.reminder".to_string()));
+}
