@@ -50,19 +50,10 @@ async fn run(monitors: u64, interval_s: u64, seconds: u64, url: &str) -> anyhow:
     let monitor = Arc::new(HttpMonitor::new(HttpMonitorSpec {
         method: "GET".into(),
         url: url.into(),
-        headers: vec![],
-        secret_headers: vec![],
-        body: None,
         timeout: Duration::from_secs(5),
-        expected_status: String::new(),
-        body_contains: None,
         follow_redirects: false,
         max_redirects: 0,
-        verify_tls: true,
-        ip_family: "any".into(),
-        capture_body_bytes: None,
-        warning_ms: None,
-        critical_ms: None,
+        ..HttpMonitorSpec::default()
     })?);
     let fires = Arc::new(Mutex::new(
         Vec::<(chrono::DateTime<Utc>, f64)>::with_capacity(

@@ -61,6 +61,14 @@ pub struct CheckArgs {
     /// Most redirects to follow.
     #[arg(long = "max-redirects", default_value_t = 10)]
     pub max_redirects: u32,
+    /// Where redirects may lead: safe (a chain that started on a public address stays
+    /// on public ones), same-host, or any.
+    #[arg(long = "redirect-policy", default_value = "safe")]
+    pub redirect_policy: String,
+    /// Largest response body accepted, in bytes or with a binary suffix (512k, 4MiB,
+    /// 1G); a longer body is `body_too_large`.
+    #[arg(long = "max-body", default_value = "1MiB", value_parser = parse_byte_size)]
+    pub max_body: usize,
     /// Total time above which the check is a warning.
     #[arg(long = "warning-ms")]
     pub warning_ms: Option<f64>,
@@ -150,16 +158,46 @@ pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
         }
         .into(),
         capture_body_bytes: None,
+        max_body_bytes: args.max_body,
+        redirect_policy: args.redirect_policy.clone(),
         warning_ms: args.warning_ms,
         critical_ms: args.critical_ms,
     };
     HttpMonitor::new(spec).map_err(|err| err.to_string())
 }
 
+/// A byte count such as `1048576`, `512k`, `4MiB` or `1G` (suffixes are powers of 1024,
+/// as curl's `--max-filesize` reads them).
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, suffix) = trimmed.split_at(digits_end);
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size; write bytes or a number with k, M or G, e.g. 4MiB"
+            ))
+        }
+    };
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. 1048576 or 4MiB"))?;
+    value
+        .checked_mul(1 << shift)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{text:?} is out of range; use at least 1 byte"))
+}
+
 /// The human report: where we went, each phase, the verdict.
 pub fn render(monitor: &HttpMonitor, report: &ProbeReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} {}", monitor.method(), monitor.url());
+    let _ = writeln!(out, "{} {}", monitor.method(), monitor.redacted_url());
     for (name, value) in monitor.redacted_headers() {
         let _ = writeln!(out, "  > {name}: {value}");
     }

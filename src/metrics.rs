@@ -465,13 +465,14 @@ mod tests {
         m.observe_probe("va", &report(ProbeStatus::Up, None));
         m.set_leader("va", true, Some(1));
         m.config_reloaded(ReloadResult::Ok);
+        m.set_open_incidents(&std::collections::HashMap::new());
         let text = m.render();
         let families: Vec<(&str, &str)> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .map(|l| l.split_once(' ').unwrap())
             .collect();
-        assert_eq!(families.len(), 10, "{families:?}");
+        assert_eq!(families.len(), 14, "{families:?}");
         for (name, kind) in families {
             assert!(name.starts_with("vantage_"), "{name}");
             assert!(
@@ -483,7 +484,11 @@ mod tests {
             }
             // OpenMetrics names counter families without _total; samples carry it.
             if kind == "counter" {
-                assert!(text.contains(&format!("\n{name}_total{{")), "{name}_total");
+                assert!(
+                    text.contains(&format!("\n{name}_total{{"))
+                        || text.contains(&format!("\n{name}_total ")),
+                    "{name}_total"
+                );
             }
         }
     }

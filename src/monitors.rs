@@ -58,6 +58,8 @@ struct MonitorRow {
     max_redirects: i32,
     verify_tls: bool,
     ip_family: String,
+    max_body_bytes: i32,
+    redirect_policy: String,
     interval_seconds: Option<i32>,
     cron: Option<String>,
     timeout_ms: i32,
@@ -99,6 +101,8 @@ impl MonitorRow {
             verify_tls: self.verify_tls,
             ip_family: self.ip_family,
             capture_body_bytes: self.include_response_body.then_some(CAPTURED_BODY_BYTES),
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(0),
+            redirect_policy: self.redirect_policy,
             warning_ms: self.warning_threshold_ms.map(|ms| ms as f64),
             critical_ms: self.critical_threshold_ms.map(|ms| ms as f64),
         };
@@ -121,7 +125,7 @@ pub async fn load(
     let rows: Vec<MonitorRow> = sqlx::query_as(
         "SELECT m.id, m.name, m.method, m.url, m.headers, m.secret_headers, m.body, \
                 m.expected_status_codes, m.body_contains, m.follow_redirects, m.max_redirects, \
-                m.verify_tls, m.ip_family, s.interval_seconds, s.cron, s.timeout_ms, \
+                m.verify_tls, m.ip_family, m.max_body_bytes, m.redirect_policy, s.interval_seconds, s.cron, s.timeout_ms, \
                 s.warning_threshold_ms, s.critical_threshold_ms, s.include_response_body \
          FROM api_monitors m \
          JOIN schedules s ON s.id = m.schedule_id \

@@ -3,12 +3,14 @@
 //!
 //! The story: a database with a month of heartbeats for three monitors in three
 //! datacenters (some slow, some failing, one over plain HTTP), refreshed rollups,
-//! agents and leadership terms. For each dashboard under `grafana/` the test expands
-//! Grafana's macros the way Grafana's Postgres datasource does, runs every variable
-//! query and every panel query over a short range (raw heartbeats) and a 30-day range
-//! (rollups), as a login that only has the read-only `vantage_reader` role, and checks
-//! the shape: time series have an ascending `time` column and numeric values; tables
-//! have the columns the panel refers to by name.
+//! agents and leadership terms, and incidents (open and resolved, of monitors and of
+//! a datacenter). For each dashboard under `grafana/` the test expands Grafana's
+//! macros the way Grafana's Postgres datasource does, runs every variable query,
+//! every annotation query and every panel query over a short range (raw heartbeats)
+//! and a 30-day range (rollups), as a login that only has the read-only
+//! `vantage_reader` role, and checks the shape: time series have an ascending `time`
+//! column and numeric values; tables have the columns the panel refers to by name;
+//! annotations have `time`, `timeend`, `text` and `tags`.
 
 mod support;
 
@@ -72,7 +74,7 @@ fn macros_expand_like_grafana() {
 /// Three datacenters, three monitors (one over plain HTTP: no TLS phase, no
 /// certificate), heartbeats every 10 minutes for 31 days with slow and failed probes
 /// sprinkled in deterministically, every minute for the last 3 hours, leaders and
-/// instances. Returns the database's "now", rounded to the minute.
+/// instances, incidents. Returns the database's "now", rounded to the minute.
 async fn seed(pool: &PgPool) -> DateTime<Utc> {
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(pool)
@@ -148,7 +150,42 @@ async fn seed(pool: &PgPool) -> DateTime<Utc> {
     vantage::rollup::refresh_range(pool, now - TimeDelta::days(32), None, None)
         .await
         .expect("rollups");
+    seed_incidents(pool, now).await;
     now
+}
+
+/// In the last 6 hours: api down 2 h ago for 10 minutes, api down since 20 minutes
+/// (acknowledged), syd impaired 5 h ago for 20 minutes. Ten days ago: shop slow for
+/// 15 minutes (muted). 40 days ago, outside every range: legacy down for an hour.
+async fn seed_incidents(pool: &PgPool, now: DateTime<Utc>) {
+    sqlx::query(
+        r#"
+        WITH opened AS (
+            INSERT INTO incidents (kind, severity, monitor_id, datacenter_id, opened_at, resolved_at,
+                                   acknowledged_at, acknowledged_by, muted, cause, datacenters)
+            VALUES
+            ('monitor_down', 'critical', 1, NULL, $1 - interval '2 hours', $1 - interval '110 minutes',
+             NULL, NULL, false, 'api down from lon, va (timeout)', '{1,2}'),
+            ('monitor_down', 'critical', 1, NULL, $1 - interval '20 minutes', NULL,
+             $1 - interval '15 minutes', 'alice', false, 'api down from lon, syd, va (connect_refused)', '{1,2,3}'),
+            ('datacenter_impaired', 'warning', NULL, 3, $1 - interval '5 hours', $1 - interval '280 minutes',
+             NULL, NULL, false, 'datacenter syd impaired: no leader', '{3}'),
+            ('monitor_degraded', 'warning', 2, NULL, $1 - interval '10 days', $1 - interval '10 days' + interval '15 minutes',
+             NULL, NULL, true, 'shop slow from va', '{1}'),
+            ('monitor_down', 'critical', 3, NULL, $1 - interval '40 days', $1 - interval '40 days' + interval '1 hour',
+             NULL, NULL, false, 'legacy down from lon, syd, va (timeout)', '{1,2,3}')
+            RETURNING id, opened_at, resolved_at, datacenters
+        )
+        INSERT INTO incident_events (incident_id, kind, at, datacenters)
+        SELECT id, 'opened', opened_at, datacenters FROM opened
+        UNION ALL
+        SELECT id, 'resolved', resolved_at, '{}' FROM opened WHERE resolved_at IS NOT NULL
+        "#,
+    )
+    .bind(now)
+    .execute(pool)
+    .await
+    .expect("incidents");
 }
 
 /// A login like Grafana's: a member of `vantage_reader`, read-only by default.
@@ -236,6 +273,51 @@ fn named_columns(panel: &Value) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// The SQL of each annotation query a dashboard runs (Grafana's built-in annotations
+/// have none), with its name.
+fn annotation_queries(dashboard: &Value) -> Vec<(String, String)> {
+    dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["builtIn"].as_i64().unwrap_or(0) == 0)
+        .map(|a| {
+            let name = a["name"].as_str().expect("annotation name").to_string();
+            let sql = a["target"]["rawSql"]
+                .as_str()
+                .unwrap_or_else(|| panic!("annotation {name} has no target.rawSql"));
+            assert_eq!(a["target"]["format"], "table", "annotation {name}");
+            (name, sql.to_string())
+        })
+        .collect()
+}
+
+/// What Grafana reads from an annotation query: `time` (and `timeend` for a region)
+/// as timestamps, `text` and `tags` (comma-separated) as text, nothing else.
+fn check_annotation_shape(rows: &[PgRow]) -> Result<(), String> {
+    let columns = column_types(rows);
+    let want = [
+        ("time", "TIMESTAMPTZ"),
+        ("timeend", "TIMESTAMPTZ"),
+        ("text", "TEXT"),
+        ("tags", "TEXT"),
+    ];
+    let have: Vec<(&str, &str)> = columns
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    if have != want {
+        return Err(format!("columns {have:?}, want {want:?}"));
+    }
+    for row in rows {
+        let (time, end): (DateTime<Utc>, DateTime<Utc>) = (row.get("time"), row.get("timeend"));
+        if end < time {
+            return Err(format!("timeend {end} before time {time}"));
+        }
+    }
+    Ok(())
 }
 
 fn is_numeric(type_name: &str) -> bool {
@@ -363,6 +445,16 @@ async fn every_panel_query_returns_the_shape_its_panel_needs() {
         .await
         .expect_err("the reader must not write");
     assert!(format!("{err}").contains("read-only") || format!("{err}").contains("permission"));
+    // ... and may call the counts that leave maintenance out (nothing in maintenance
+    // here: every probe counts).
+    let (series, left_out): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(maintenance_probes)::bigint
+         FROM vantage_status_counts_excluding_maintenance(now() - interval '1 day', now())",
+    )
+    .fetch_one(&reader)
+    .await
+    .expect("the reader calls vantage_status_counts_excluding_maintenance");
+    assert_eq!((series, left_out), (9, 0));
 
     let ranges = [
         ("last 6 hours", TimeDelta::hours(6), TimeDelta::seconds(30)),
@@ -372,6 +464,31 @@ async fn every_panel_query_returns_the_shape_its_panel_needs() {
     let mut problems = Vec::new();
     for (file, dashboard) in dashboards() {
         let (vars, multi) = variable_values(&reader, &dashboard).await;
+        for (name, sql) in annotation_queries(&dashboard) {
+            for (range_name, span, interval) in &ranges {
+                let ctx = QueryContext {
+                    from: now - *span,
+                    to: now,
+                    interval: *interval,
+                    vars: vars.clone(),
+                    multi: multi.clone(),
+                };
+                let expanded = expand(&sql, &ctx);
+                let what = format!("{file} / annotation {name} / {range_name}");
+                match sqlx::query(&expanded).fetch_all(&reader).await {
+                    Err(e) => problems.push(format!("{what}: {e}\n{expanded}")),
+                    Ok(rows) if rows.is_empty() => {
+                        problems.push(format!("{what}: no rows\n{expanded}"))
+                    }
+                    Ok(rows) => {
+                        if let Err(why) = check_annotation_shape(&rows) {
+                            problems.push(format!("{what}: {why}\n{expanded}"));
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
         for panel in dashboard["panels"].as_array().unwrap() {
             let title = panel["title"].as_str().unwrap_or("?");
             let targets = sql_target_texts(panel);
@@ -416,6 +533,126 @@ async fn every_panel_query_returns_the_shape_its_panel_needs() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
-    assert!(checked >= 20, "only {checked} queries checked");
+    assert!(checked >= 28, "only {checked} queries checked");
     eprintln!("{checked} panel queries checked");
+}
+
+/// Runs `sql` of `dashboard` as Grafana would over the last `span` before `now`, with
+/// the variables at their defaults ("All", or the first value) except `overrides`.
+async fn run_like_grafana(
+    reader: &PgPool,
+    dashboard: &Value,
+    sql: &str,
+    now: DateTime<Utc>,
+    span: TimeDelta,
+    overrides: &[(&str, &[&str])],
+) -> Vec<PgRow> {
+    let (mut vars, multi) = variable_values(reader, dashboard).await;
+    for (name, values) in overrides {
+        vars.insert(
+            name.to_string(),
+            values.iter().map(|v| v.to_string()).collect(),
+        );
+    }
+    let ctx = QueryContext {
+        from: now - span,
+        to: now,
+        interval: TimeDelta::minutes(1),
+        vars,
+        multi,
+    };
+    let expanded = expand(sql, &ctx);
+    sqlx::query(&expanded)
+        .fetch_all(reader)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{expanded}"))
+}
+
+fn texts(rows: &[PgRow], column: &str) -> Vec<String> {
+    rows.iter().map(|r| r.get::<String, _>(column)).collect()
+}
+
+#[tokio::test]
+async fn incidents_show_as_regions_and_open_ones_lead_the_incidents_panel() {
+    let db = TestDb::fresh().await;
+    let now = seed(&db.pool).await;
+    let reader = reader_pool(&db).await;
+    let dashboards: BTreeMap<String, Value> = dashboards().into_iter().collect();
+    let (overview, monitor) = (&dashboards["overview.json"], &dashboards["monitor.json"]);
+    let six_hours = TimeDelta::hours(6);
+    let month = TimeDelta::days(30);
+
+    // Overview: every incident overlapping the range, oldest first, from opened to
+    // resolved; the open one reaches now.
+    let (_, annotations) = &annotation_queries(overview)[0];
+    let rows = run_like_grafana(&reader, overview, annotations, now, six_hours, &[]).await;
+    assert_eq!(
+        texts(&rows, "text"),
+        [
+            "datacenter syd impaired: no leader (resolved after 00:20:00)",
+            "api down from lon, va (timeout) (resolved after 00:10:00)",
+            "api down from lon, syd, va (connect_refused) (open, acknowledged by alice)",
+        ]
+    );
+    assert_eq!(
+        texts(&rows, "tags"),
+        [
+            "datacenter_impaired,warning,resolved,syd",
+            "monitor_down,critical,resolved,api",
+            "monitor_down,critical,open,api",
+        ]
+    );
+    let (opened, until): (DateTime<Utc>, DateTime<Utc>) =
+        (rows[1].get("time"), rows[1].get("timeend"));
+    assert_eq!(
+        (opened, until),
+        (now - TimeDelta::hours(2), now - TimeDelta::minutes(110))
+    );
+    let open_until: DateTime<Utc> = rows[2].get("timeend");
+    assert!(open_until >= now, "{open_until}");
+    let rows = run_like_grafana(&reader, overview, annotations, now, month, &[]).await;
+    assert_eq!(
+        texts(&rows, "text")[0],
+        "shop slow from va (resolved after 00:15:00, muted)"
+    );
+    assert_eq!(rows.len(), 4, "legacy's outage 40 days ago is out of range");
+
+    // Monitor detail: only this monitor's incidents, and impairments of the selected
+    // datacenters that probe it.
+    let (_, annotations) = &annotation_queries(monitor)[0];
+    let shop = [("monitor", &["2"][..])];
+    let rows = run_like_grafana(&reader, monitor, annotations, now, month, &shop).await;
+    assert_eq!(
+        texts(&rows, "text"),
+        [
+            "shop slow from va (resolved after 00:15:00, muted)",
+            "datacenter syd impaired: no leader (resolved after 00:20:00)",
+        ]
+    );
+    let shop_in_va = [("monitor", &["2"][..]), ("datacenter", &["1"][..])];
+    let rows = run_like_grafana(&reader, monitor, annotations, now, month, &shop_in_va).await;
+    assert_eq!(rows.len(), 1, "syd is not selected");
+
+    // The incidents panel: open ones first, then the resolved ones, newest first.
+    let panel = overview["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Incidents")
+        .expect("an Incidents panel on the overview");
+    let (sql, _) = &sql_target_texts(panel)[0];
+    let rows = run_like_grafana(&reader, overview, sql, now, six_hours, &[]).await;
+    let listed: Vec<(String, String)> = texts(&rows, "state")
+        .into_iter()
+        .zip(texts(&rows, "subject"))
+        .collect();
+    let expected = [("open", "api"), ("resolved", "api"), ("resolved", "syd")];
+    assert_eq!(
+        listed,
+        expected.map(|(state, subject)| (state.to_string(), subject.to_string()))
+    );
+    let datacenters: Vec<Option<String>> = rows.iter().map(|r| r.get("datacenters")).collect();
+    assert_eq!(datacenters[0].as_deref(), Some("lon, syd, va"));
+    let rows = run_like_grafana(&reader, overview, sql, now, month, &[]).await;
+    assert_eq!(rows.len(), 4);
 }

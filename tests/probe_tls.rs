@@ -133,7 +133,7 @@ async fn self_signed_certificate_is_untrusted_unless_insecure() {
             .error_message
             .as_deref()
             .unwrap()
-            .contains("unknown issuer"),
+            .contains("unknown authority"),
         "{report:?}"
     );
     assert_eq!(expiry_unix(&report), leaf.not_after_unix);

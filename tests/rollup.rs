@@ -220,3 +220,166 @@ async fn a_datacenter_refresh_touches_only_that_datacenter() {
             .unwrap();
     assert_eq!(dcs, [2]);
 }
+
+/// The monitors and datacenters of `seed` (monitor 2 tagged `db`) and three one-off
+/// maintenance windows, relative to `now`: monitor 1 everywhere from 10 h to 8 h ago,
+/// datacenter 2 from 9 h to 7 h ago (overlapping the first for monitor 1 in
+/// datacenter 2), and `db` in datacenter 1 from 9 h to 8 h 30 min ago.
+async fn seed_maintenance(pool: &PgPool, now: DateTime<Utc>) {
+    sqlx::raw_sql(
+        "INSERT INTO datacenters (id, code, name) VALUES (1, 'va', 'Virginia'), (2, 'lon', 'London');
+         INSERT INTO schedules (id, name, interval_seconds, timeout_ms) VALUES (1, '5m', 300, 10000);
+         INSERT INTO api_monitors (id, name, url, schedule_id, all_datacenters, tags) VALUES
+             (1, 'api', 'https://api.example.com/', 1, true, '{}'),
+             (2, 'db', 'https://db.example.com/', 1, true, '{db}');",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO maintenance_windows (reason, monitor_ids, tags, datacenter_ids, starts_at, ends_at) VALUES
+             ('api deploy', '{1}', '{}', '{}', $1 - interval '10 hours', $1 - interval '8 hours'),
+             ('lon network', '{}', '{}', '{2}', $1 - interval '9 hours', $1 - interval '7 hours'),
+             ('db upgrade', '{}', '{db}', '{1}', $1 - interval '9 hours', $1 - interval '8 hours 30 minutes')",
+    )
+    .bind(now)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+type Counts = (i32, i32, i64, i64, i64, i64, i64, i64, i64);
+
+async fn counts_excluding_maintenance(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<Counts> {
+    sqlx::query_as(
+        "SELECT monitor_id, datacenter_id, probes, successes, up_count, warning_count,
+                critical_count, down_count, maintenance_probes
+         FROM vantage_status_counts_excluding_maintenance($1, $2)
+         ORDER BY 1, 2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn status_counts_leave_maintenance_out_once_where_windows_overlap() {
+    let db = TestDb::fresh().await;
+    let now = seed(&db.pool).await;
+    rollup::refresh(&db.pool, Duration::from_secs(4 * 86_400))
+        .await
+        .unwrap();
+    seed_maintenance(&db.pool, now).await;
+
+    // Six hours around the windows: 72 probes per series, of which monitor 1 had 24
+    // in maintenance in datacenter 1 and 24 + 24 - 12 in datacenter 2; monitor 2 had
+    // 6 (db upgrade) in datacenter 1 and 24 in datacenter 2.
+    let counts = counts_excluding_maintenance(
+        &db.pool,
+        now - TimeDelta::hours(12),
+        now - TimeDelta::hours(6),
+    )
+    .await;
+    let probes: Vec<(i32, i32, i64, i64)> = counts.iter().map(|c| (c.0, c.1, c.2, c.8)).collect();
+    assert_eq!(
+        probes,
+        [
+            (1, 1, 48, 24),
+            (1, 2, 36, 36),
+            (2, 1, 66, 6),
+            (2, 2, 48, 24)
+        ]
+    );
+
+    // The periods behind them: disjoint and merged per series.
+    let periods: Vec<(i32, i32, DateTime<Utc>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT * FROM vantage_maintenance_periods($1, $2) ORDER BY 1, 2, 3")
+            .bind(now - TimeDelta::hours(12))
+            .bind(now - TimeDelta::hours(6))
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let h = |hours: i64, minutes: i64| now - TimeDelta::hours(hours) - TimeDelta::minutes(minutes);
+    assert_eq!(
+        periods,
+        [
+            (1, 1, h(10, 0), h(8, 0)),
+            (1, 2, h(10, 0), h(7, 0)),
+            (2, 1, h(9, 0), h(8, 30)),
+            (2, 2, h(9, 0), h(7, 0)),
+        ]
+    );
+
+    // Every status against the raw heartbeats, one by one through
+    // vantage_in_maintenance, at the precision vantage_status_counts promises: its
+    // window for the rollups, [from, to) for what is left out. The fourth range ends
+    // inside a window, so the rollups' widened end counts heartbeats in maintenance
+    // that the subtraction, exact to the range, leaves in (11 per monitor in
+    // datacenter 2, whose window spans that whole hour).
+    let inside_lon_window = (now - TimeDelta::hours(8))
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap()
+        + TimeDelta::minutes(1);
+    let ranges = [
+        (now - TimeDelta::hours(12), now - TimeDelta::hours(6)),
+        (now - TimeDelta::minutes(597), now - TimeDelta::minutes(443)),
+        (now - TimeDelta::hours(23), now - TimeDelta::minutes(3)),
+        (
+            now - TimeDelta::days(2) - TimeDelta::minutes(133),
+            inside_lon_window,
+        ),
+        (now - TimeDelta::days(10) - TimeDelta::minutes(7), now),
+    ];
+    for (from, to) in ranges {
+        let (lo, hi) = promised_window(from, to);
+        if to == inside_lon_window {
+            let counted_not_left_out: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM api_heartbeats
+                 WHERE scheduled_at >= $1 AND scheduled_at < $2 AND datacenter_id = 2
+                   AND vantage_in_maintenance(monitor_id, datacenter_id, scheduled_at)",
+            )
+            .bind(to)
+            .bind(hi)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            assert_eq!(counted_not_left_out, 22);
+        }
+        let expected: Vec<Counts> = sqlx::query_as(
+            "SELECT h.monitor_id, h.datacenter_id,
+                    count(*) FILTER (WHERE NOT x.left_out),
+                    count(*) FILTER (WHERE NOT x.left_out AND h.success),
+                    count(*) FILTER (WHERE NOT x.left_out AND h.status = 'up'),
+                    count(*) FILTER (WHERE NOT x.left_out AND h.status = 'warning'),
+                    count(*) FILTER (WHERE NOT x.left_out AND h.status = 'critical'),
+                    count(*) FILTER (WHERE NOT x.left_out AND h.status = 'down'),
+                    count(*) FILTER (WHERE x.left_out)
+             FROM api_heartbeats h
+             CROSS JOIN LATERAL (
+                 SELECT h.scheduled_at >= $1 AND h.scheduled_at < $2
+                        AND vantage_in_maintenance(h.monitor_id, h.datacenter_id, h.scheduled_at)
+                        AS left_out) x
+             WHERE h.scheduled_at >= $3 AND h.scheduled_at < $4
+             GROUP BY 1, 2
+             ORDER BY 1, 2",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            counts_excluding_maintenance(&db.pool, from, to).await,
+            expected,
+            "range {from} .. {to} (promised {lo} .. {hi})"
+        );
+    }
+}

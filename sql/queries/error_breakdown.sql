@@ -4,7 +4,7 @@
 -- error_kind is a closed set (dns_nxdomain, dns_timeout, dns_error, connect_refused,
 -- connect_timeout, connect_error, tls_handshake, tls_certificate, timeout,
 -- http_protocol, status_mismatch, body_mismatch, body_too_large, redirect_loop,
--- too_many_redirects, invalid_request).
+-- too_many_redirects, redirect_blocked, invalid_request).
 --
 -- columns: monitor, datacenter, error_kind, failures, share_percent, last_seen, last_message
 SELECT m.name AS monitor,

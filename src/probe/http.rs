@@ -11,6 +11,15 @@
 //! `tls_cert_expires_at` and `response_size_bytes` describe the last hop. A phase that
 //! no hop completed is `None`.
 //!
+//! Redirects go where the monitor's [`RedirectPolicy`] allows (by default a chain that
+//! started on a public address stays on public ones). Query strings never appear in
+//! error messages or `Debug` output (`?…`): they often carry tokens.
+//!
+//! A body is read up to the monitor's cap (`max_body_bytes`, default 1 MiB); responses
+//! that carry no body (to HEAD, 204, 304, 1xx) are never held against it, whatever
+//! their Content-Length says. HTTP/1 response heads are parsed as leniently as curl
+//! reads them: up to [`MAX_RESPONSE_HEADERS`] header lines and obsolete folded lines.
+//!
 //! The whole probe runs under one `timeout_at` deadline, so a server that never
 //! answers or trickles its body costs at most the monitor's timeout; the phase in
 //! progress names the timeout (`dns_timeout`, `connect_timeout`, otherwise `timeout`
@@ -37,12 +46,18 @@ use tokio::time::Instant;
 use url::{Host, Url};
 
 use super::in_task::InTaskExecutor;
+use super::redirect_policy::RedirectPolicy;
 use super::timings::{Phase, Timings};
 use super::{connect, dns, tls, Failure, IpFamily, Prober};
 use crate::probe::{ErrorKind, ProbeReport, ProbeStatus};
 
-/// Bodies are read up to this many bytes; a longer body fails with `body_too_large`.
+/// Bodies are read up to this many bytes unless the monitor says otherwise; a longer
+/// body fails with `body_too_large`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Header lines accepted in an HTTP/1 response head (hyper's default is 100; curl and
+/// browsers only bound the head's size, which hyper caps at about 400 kB).
+pub const MAX_RESPONSE_HEADERS: usize = 1000;
 
 /// Headers whose values are secret whatever the monitor says.
 const ALWAYS_SECRET: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
@@ -71,6 +86,10 @@ pub struct HttpMonitorSpec {
     pub ip_family: String,
     /// Keep up to this many bytes of the body in `ProbeReport::response_body`.
     pub capture_body_bytes: Option<usize>,
+    /// A longer body fails with `body_too_large` (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// `safe`, `same-host` or `any`; empty means `safe`.
+    pub redirect_policy: String,
     pub warning_ms: Option<f64>,
     pub critical_ms: Option<f64>,
 }
@@ -91,6 +110,8 @@ impl Default for HttpMonitorSpec {
             verify_tls: true,
             ip_family: "any".into(),
             capture_body_bytes: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            redirect_policy: String::new(),
             warning_ms: None,
             critical_ms: None,
         }
@@ -118,7 +139,7 @@ impl fmt::Debug for HttpMonitorSpec {
             .collect();
         f.debug_struct("HttpMonitorSpec")
             .field("method", &self.method)
-            .field("url", &self.url)
+            .field("url", &redact_query(&self.url))
             .field("headers", &headers)
             .field("timeout", &self.timeout)
             .field("expected_status", &self.expected_status)
@@ -229,6 +250,7 @@ pub struct HttpMonitor {
     ip_family: IpFamily,
     capture_body_bytes: Option<usize>,
     max_body_bytes: usize,
+    redirect_policy: RedirectPolicy,
     warning_ms: Option<f64>,
     critical_ms: Option<f64>,
 }
@@ -249,7 +271,7 @@ impl fmt::Debug for HttpMonitor {
             .collect();
         f.debug_struct("HttpMonitor")
             .field("method", &self.method)
-            .field("url", &self.url.as_str())
+            .field("url", &redact_query(self.url.as_str()))
             .field("headers", &headers)
             .field("body_bytes", &self.body.as_ref().map(Bytes::len))
             .field("timeout", &self.timeout)
@@ -261,6 +283,7 @@ impl fmt::Debug for HttpMonitor {
             .field("ip_family", &self.ip_family)
             .field("capture_body_bytes", &self.capture_body_bytes)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("redirect_policy", &self.redirect_policy)
             .field("warning_ms", &self.warning_ms)
             .field("critical_ms", &self.critical_ms)
             .finish()
@@ -350,6 +373,14 @@ impl HttpMonitor {
                 return Err(invalid("body_contains", "is empty; leave it unset instead"));
             }
         }
+        if spec.max_body_bytes == 0 {
+            return Err(invalid(
+                "max_body_bytes",
+                "must be at least 1 byte, e.g. 1048576 (1 MiB)",
+            ));
+        }
+        let redirect_policy = RedirectPolicy::parse(&spec.redirect_policy)
+            .map_err(|p| invalid("redirect_policy", p))?;
 
         Ok(HttpMonitor {
             method,
@@ -365,7 +396,8 @@ impl HttpMonitor {
             verify_tls: spec.verify_tls,
             ip_family,
             capture_body_bytes: spec.capture_body_bytes,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: spec.max_body_bytes,
+            redirect_policy,
             warning_ms: spec.warning_ms,
             critical_ms: spec.critical_ms,
         })
@@ -383,6 +415,11 @@ impl HttpMonitor {
 
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// The URL for display: its query string, if any, is `?…`.
+    pub fn redacted_url(&self) -> String {
+        redact_query(self.url.as_str())
     }
 
     pub fn timeout(&self) -> Duration {
@@ -412,7 +449,10 @@ fn parse_url(text: &str) -> Result<Url, InvalidMonitor> {
         } else {
             String::new()
         };
-        invalid("url", format!("{text:?} is not a valid URL: {err}{hint}"))
+        invalid(
+            "url",
+            format!("{:?} is not a valid URL: {err}{hint}", redact_query(text)),
+        )
     })?;
     match url.scheme() {
         "http" | "https" => {}
@@ -424,7 +464,10 @@ fn parse_url(text: &str) -> Result<Url, InvalidMonitor> {
         }
     }
     if url.host().is_none() {
-        return Err(invalid("url", format!("{text:?} has no host")));
+        return Err(invalid(
+            "url",
+            format!("{:?} has no host", redact_query(text)),
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
@@ -435,6 +478,19 @@ fn parse_url(text: &str) -> Result<Url, InvalidMonitor> {
     // Fragments are never sent.
     url.set_fragment(None);
     Ok(url)
+}
+
+/// `text` (a URL, or a relative reference from a `Location` header) with its query
+/// string replaced by `?…` and its fragment dropped: queries often carry tokens, and
+/// what is shown ends up in logs, heartbeats and JSON.
+pub fn redact_query(text: &str) -> String {
+    match text.find(['?', '#']) {
+        Some(at) if text[at..].starts_with('?') && text.len() > at + 1 => {
+            format!("{}?…", &text[..at])
+        }
+        Some(at) => text[..at].to_string(),
+        None => text.to_string(),
+    }
 }
 
 fn check_ip_family(url: &Url, family: IpFamily) -> Result<(), String> {
@@ -460,6 +516,9 @@ struct Run {
     tls_version: Option<String>,
     leaf_not_after: Arc<Mutex<Option<DateTime<Utc>>>>,
     redirect_count: u32,
+    /// Whether the chain's first connection went to a public address (the redirect
+    /// policy's starting point).
+    first_hop_public: Option<bool>,
     body: Option<Vec<u8>>,
 }
 
@@ -474,6 +533,7 @@ pub(crate) async fn probe(prober: &Prober, monitor: &HttpMonitor) -> ProbeReport
         tls_version: None,
         leaf_not_after: Arc::new(Mutex::new(None)),
         redirect_count: 0,
+        first_hop_public: None,
         body: None,
     };
     let deadline = Instant::from_std(run.timings.start) + monitor.timeout;
@@ -589,32 +649,43 @@ async fn follow(
         let next = hop.url.join(&location).map_err(|err| {
             Failure::new(
                 ErrorKind::InvalidRequest,
-                format!("redirect to {location:?} is not a valid URL: {err}"),
+                format!(
+                    "redirect to {:?} is not a valid URL: {err}",
+                    redact_query(&location)
+                ),
             )
         })?;
+        let shown = redact_query(next.as_str());
         if !matches!(next.scheme(), "http" | "https") || next.host().is_none() {
             return Err(Failure::new(
                 ErrorKind::InvalidRequest,
-                format!("redirect to {next} is not an http(s) URL"),
+                format!("redirect to {shown} is not an http(s) URL"),
             ));
         }
         check_ip_family(&next, monitor.ip_family).map_err(|p| {
             Failure::new(
                 ErrorKind::InvalidRequest,
-                format!("redirect to {next}: {p}"),
+                format!("redirect to {shown}: {p}"),
             )
         })?;
+        monitor
+            .redirect_policy
+            .check_target(&monitor.url, &next)
+            .map_err(|why| redirect_blocked(&next, &why))?;
         if !visited.insert(next.as_str().to_string()) {
             return Err(Failure::new(
                 ErrorKind::RedirectLoop,
-                format!("redirect loop: {} redirects back to {next}", hop.url),
+                format!(
+                    "redirect loop: {} redirects back to {shown}",
+                    redact_query(hop.url.as_str())
+                ),
             ));
         }
         if run.redirect_count >= monitor.max_redirects {
             return Err(Failure::new(
                 ErrorKind::TooManyRedirects,
                 format!(
-                    "more than {} redirects (next: {next})",
+                    "more than {} redirects (next: {shown})",
                     monitor.max_redirects
                 ),
             ));
@@ -640,6 +711,13 @@ async fn follow(
         }
         hop.url = next;
     }
+}
+
+fn redirect_blocked(next: &Url, why: &str) -> Failure {
+    Failure::new(
+        ErrorKind::RedirectBlocked,
+        format!("redirect to {} refused: {why}", redact_query(next.as_str())),
+    )
 }
 
 fn is_redirect(status: StatusCode) -> bool {
@@ -741,9 +819,20 @@ async fn exchange(
         None => {
             return Err(Failure::new(
                 ErrorKind::InvalidRequest,
-                format!("{url} has no host"),
+                format!("{} has no host", redact_query(url.as_str())),
             ))
         }
+    };
+
+    // Checked on the addresses about to be connected, after DNS: a name that resolves
+    // to an internal address is caught like an IP literal.
+    let addrs = if run.redirect_count > 0 {
+        monitor
+            .redirect_policy
+            .allowed_addresses(run.first_hop_public, addrs, prober.is_public)
+            .map_err(|why| redirect_blocked(url, &why))?
+    } else {
+        addrs
     };
 
     run.phase = Phase::Connect;
@@ -751,6 +840,9 @@ async fn exchange(
     let (tcp, addr) = connect::connect(&addrs, port, deadline).await?;
     run.timings.hop().connected = Some(std::time::Instant::now());
     run.remote_ip = Some(addr.ip());
+    if run.redirect_count == 0 {
+        run.first_hop_public = Some((prober.is_public)(addr.ip()));
+    }
 
     let request = build_request(hop)?;
     if https {
@@ -783,7 +875,7 @@ fn build_request(hop: &Hop) -> Result<Request<Full<Bytes>>, Failure> {
     let uri: Uri = url.as_str().parse().map_err(|err| {
         Failure::new(
             ErrorKind::InvalidRequest,
-            format!("{url} cannot be requested: {err}"),
+            format!("{} cannot be requested: {err}", redact_query(url.as_str())),
         )
     })?;
     let mut request = Request::new(Full::new(hop.body.clone().unwrap_or_default()));
@@ -833,13 +925,18 @@ where
 {
     run.phase = Phase::Head;
     let io = TokioIo::new(io);
+    // Responses to HEAD carry no body whatever their Content-Length says.
+    let rules = BodyRules {
+        keep: keep_body,
+        expected: request.method() != Method::HEAD,
+    };
     if h2 {
         let executor = InTaskExecutor::default();
         let (mut sender, conn) = hyper::client::conn::http2::handshake(executor.clone(), io)
             .await
             .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
         let conn = executor.drive(conn);
-        round_trip(conn, sender.send_request(request), monitor, run, keep_body).await
+        round_trip(conn, sender.send_request(request), monitor, run, rules).await
     } else {
         // HTTP/1.1 wants origin-form and a Host header.
         let url_host = host_header(request.uri());
@@ -854,11 +951,23 @@ where
                 request.headers_mut().insert(HOST, value);
             }
         }
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_headers(MAX_RESPONSE_HEADERS)
+            .allow_obsolete_multiline_headers_in_responses(true)
+            .handshake(io)
             .await
             .map_err(|e| protocol_error("HTTP/1.1 handshake failed", e))?;
-        round_trip(conn, sender.send_request(request), monitor, run, keep_body).await
+        round_trip(conn, sender.send_request(request), monitor, run, rules).await
     }
+}
+
+/// How a hop treats the response body.
+#[derive(Debug, Clone, Copy)]
+struct BodyRules {
+    /// Keep the bytes (for `body_contains` or `response_body`).
+    keep: bool,
+    /// The request can have a response body at all (not HEAD).
+    expected: bool,
 }
 
 /// From a ready connection to the end of the body: the clock for ttfb starts here. The
@@ -868,7 +977,7 @@ async fn round_trip<C, F>(
     send: F,
     monitor: &HttpMonitor,
     run: &mut Run,
-    keep_body: bool,
+    rules: BodyRules,
 ) -> Result<HopResponse, Failure>
 where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -881,10 +990,16 @@ where
         .await
         .and_then(|r| r)
         .map_err(|e| protocol_error("no response", e))?;
-    read_response(response, monitor, run, keep_body, &mut conn, &mut done).await
+    read_response(response, monitor, run, rules, &mut conn, &mut done).await
 }
 
+/// A failed exchange: a TLS error surfacing on the established connection (in TLS 1.3
+/// a server that wants a client certificate says so only after the handshake, with an
+/// alert) is a TLS failure; anything else broke HTTP.
 fn protocol_error(what: &str, err: hyper::Error) -> Failure {
+    if let Some(tls) = tls::failure_in(&err) {
+        return tls;
+    }
     Failure::new(
         ErrorKind::HttpProtocol,
         format!("{what}: {}", describe_hyper(&err)),
@@ -896,7 +1011,7 @@ async fn read_response<C>(
     response: http::Response<Incoming>,
     monitor: &HttpMonitor,
     run: &mut Run,
-    keep_body: bool,
+    rules: BodyRules,
     conn: &mut Pin<&mut C>,
     conn_done: &mut bool,
 ) -> Result<HopResponse, Failure>
@@ -923,19 +1038,22 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let cap = monitor.max_body_bytes;
-    if let Some(len) = response
+    // 204, 304 and 1xx never have a body (RFC 9110 6.4.1); their Content-Length, like
+    // a HEAD response's, describes the resource, not bytes that will be sent.
+    let body_expected = rules.expected && !matches!(status.as_u16(), 100..=199 | 204 | 304);
+    let announced = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced.filter(|_| body_expected) {
         if len > cap as u64 {
             return Err(too_large(cap, Some(len)));
         }
     }
     let mut body: Incoming = response.into_body();
     let mut size: u64 = 0;
-    let mut kept = keep_body.then(Vec::new);
+    let mut kept = rules.keep.then(Vec::new);
     loop {
         let frame = driving(body.frame(), conn, conn_done)
             .await
@@ -966,8 +1084,25 @@ fn too_large(cap: usize, announced: Option<u64>) -> Failure {
     };
     Failure::new(
         ErrorKind::BodyTooLarge,
-        format!("response body exceeds the {cap}-byte cap ({detail})"),
+        format!(
+            "response body exceeds the monitor's cap of {cap} bytes{} ({detail}); \
+             raise max_body_bytes to accept it",
+            human_bytes(cap)
+        ),
     )
+}
+
+/// ` (1 MiB)` for a whole number of KiB or MiB, else nothing.
+fn human_bytes(bytes: usize) -> String {
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!(" ({} MiB)", bytes / MIB)
+    } else if bytes >= KIB && bytes % KIB == 0 {
+        format!(" ({} KiB)", bytes / KIB)
+    } else {
+        String::new()
+    }
 }
 
 fn host_header(uri: &Uri) -> String {
@@ -1037,6 +1172,26 @@ mod tests {
         let mut s = spec("http://127.0.0.1/");
         s.ip_family = "ipv6".into();
         assert_eq!(HttpMonitor::new(s).unwrap_err().field, "url");
+    }
+
+    #[test]
+    fn query_strings_are_redacted() {
+        assert_eq!(
+            redact_query("https://a.example/p?token=abc#frag"),
+            "https://a.example/p?…"
+        );
+        assert_eq!(redact_query("/relative?x=1"), "/relative?…");
+        assert_eq!(
+            redact_query("https://a.example/p#frag"),
+            "https://a.example/p"
+        );
+        assert_eq!(redact_query("https://a.example/p?"), "https://a.example/p");
+        assert_eq!(redact_query("https://a.example/"), "https://a.example/");
+        let monitor = HttpMonitor::new(spec("https://a.example/p?token=abc")).unwrap();
+        assert_eq!(monitor.redacted_url(), "https://a.example/p?…");
+        assert!(!format!("{monitor:?}").contains("token"));
+        let err = HttpMonitor::new(spec("https://?token=abc")).unwrap_err();
+        assert!(!err.to_string().contains("token"), "{err}");
     }
 
     #[test]

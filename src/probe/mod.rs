@@ -15,6 +15,7 @@ pub mod http;
 
 mod connect;
 mod in_task;
+pub mod redirect_policy;
 mod report;
 mod timings;
 mod tls;
@@ -26,7 +27,8 @@ use std::path::{Path, PathBuf};
 use hickory_resolver::TokioResolver;
 use rustls::pki_types::CertificateDer;
 
-pub use http::{HttpMonitor, HttpMonitorSpec, InvalidMonitor};
+pub use http::{redact_query, HttpMonitor, HttpMonitorSpec, InvalidMonitor};
+pub use redirect_policy::RedirectPolicy;
 pub use report::{ErrorKind, ProbeReport, ProbeStatus};
 pub use timings::Phase;
 
@@ -77,6 +79,7 @@ impl Failure {
 pub struct Prober {
     resolver: TokioResolver,
     tls: tls::TlsConfigs,
+    is_public: redirect_policy::PublicTest,
 }
 
 impl std::fmt::Debug for Prober {
@@ -111,6 +114,7 @@ pub struct ProberBuilder {
     ca_files: Vec<PathBuf>,
     extra_roots: Vec<CertificateDer<'static>>,
     verified_chain_capacity: usize,
+    is_public: redirect_policy::PublicTest,
 }
 
 impl Default for ProberBuilder {
@@ -120,6 +124,7 @@ impl Default for ProberBuilder {
             ca_files: Vec::new(),
             extra_roots: Vec::new(),
             verified_chain_capacity: verified_chains::DEFAULT_CAPACITY,
+            is_public: redirect_policy::is_public,
         }
     }
 }
@@ -151,6 +156,14 @@ impl ProberBuilder {
         self
     }
 
+    /// What counts as a public address for the redirect policy (default
+    /// [`redirect_policy::is_public`]). Tests use it to let a loopback address stand in
+    /// for the internet.
+    pub fn public_addresses(mut self, is_public: redirect_policy::PublicTest) -> Self {
+        self.is_public = is_public;
+        self
+    }
+
     /// Applies `VANTAGE_DNS_SERVERS` and `VANTAGE_CA_FILE` when set and not empty.
     pub fn env(self) -> anyhow::Result<Self> {
         let mut builder = self.dns_servers_from_env()?;
@@ -178,6 +191,7 @@ impl ProberBuilder {
         Ok(Prober {
             resolver: dns::build_resolver(self.dns_servers.as_deref())?,
             tls: tls::TlsConfigs::new(&roots, self.verified_chain_capacity)?,
+            is_public: self.is_public,
         })
     }
 }

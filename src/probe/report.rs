@@ -79,18 +79,21 @@ pub enum ErrorKind {
     StatusMismatch,
     /// The response body does not contain the expected text.
     BodyMismatch,
-    /// The response body exceeded the byte cap.
+    /// The response body exceeded the monitor's byte cap (`max_body_bytes`).
     BodyTooLarge,
     /// A redirect pointed back to a URL already visited.
     RedirectLoop,
     /// More redirects than the monitor allows.
     TooManyRedirects,
+    /// The monitor's redirect policy refused where a redirect led (e.g. from a public
+    /// address to a loopback, link-local or private one).
+    RedirectBlocked,
     /// The request could not be built (bad URL, header, method or redirect target).
     InvalidRequest,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         Self::DnsNxdomain,
         Self::DnsTimeout,
         Self::DnsError,
@@ -106,6 +109,7 @@ impl ErrorKind {
         Self::BodyTooLarge,
         Self::RedirectLoop,
         Self::TooManyRedirects,
+        Self::RedirectBlocked,
         Self::InvalidRequest,
     ];
 
@@ -126,6 +130,7 @@ impl ErrorKind {
             Self::BodyTooLarge => "body_too_large",
             Self::RedirectLoop => "redirect_loop",
             Self::TooManyRedirects => "too_many_redirects",
+            Self::RedirectBlocked => "redirect_blocked",
             Self::InvalidRequest => "invalid_request",
         }
     }

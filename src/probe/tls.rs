@@ -7,6 +7,10 @@
 //! Session resumption is off so every probe measures a full handshake. ALPN offers `h2`
 //! then `http/1.1`.
 //!
+//! Failures are told in one sentence an operator can act on ("expired on 2021-01-01
+//! 00:00:00 UTC", "not valid for 127.0.0.1 (it names other.example)", "the server
+//! requires a client certificate"), never as a debug dump of the library's error.
+//!
 //! The leaf certificate's not-after must be reported even when verification fails, and
 //! a failed handshake leaves nothing to ask afterwards. So each handshake gets its own
 //! copy of the (cheap, `Arc`-filled) `ClientConfig` whose verifier records the leaf
@@ -132,21 +136,11 @@ fn probe_crypto_provider() -> CryptoProvider {
 }
 
 fn classify(host: &str, err: std::io::Error) -> Failure {
-    let tls_err = err
+    match err
         .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match tls_err {
-        Some(rustls::Error::InvalidCertificate(cert_err)) => Failure::new(
-            ErrorKind::TlsCertificate,
-            format!(
-                "TLS certificate rejected: {}",
-                describe_cert_error(cert_err)
-            ),
-        ),
-        Some(other) => Failure::new(
-            ErrorKind::TlsHandshake,
-            format!("TLS handshake failed: {other}"),
-        ),
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls_err) => describe(tls_err),
         None => Failure::new(
             ErrorKind::TlsHandshake,
             format!("TLS handshake with {host} failed: {err}"),
@@ -154,15 +148,192 @@ fn classify(host: &str, err: std::io::Error) -> Failure {
     }
 }
 
+/// A TLS error found anywhere in `err`'s chain of causes (an exchange that failed on an
+/// established TLS connection), as a TLS failure.
+pub(crate) fn failure_in(err: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    let mut cause = Some(err);
+    while let Some(current) = cause {
+        if let Some(tls_err) = current.downcast_ref::<rustls::Error>() {
+            return Some(describe(tls_err));
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            // An I/O error's `source()` skips the error it wraps: look inside.
+            if let Some(tls_err) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Some(describe(tls_err));
+            }
+            // HTTP/2 keeps only the kind and text of an I/O error, so the alert a TLS
+            // 1.3 server sends when it wants a client certificate is recognised by
+            // rustls's own wording of it.
+            let wanted =
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+            if io.to_string() == wanted.to_string() {
+                return Some(describe(&wanted));
+            }
+        }
+        cause = current.source();
+    }
+    None
+}
+
+fn describe(err: &rustls::Error) -> Failure {
+    use rustls::AlertDescription as Alert;
+    match err {
+        rustls::Error::InvalidCertificate(cert_err) => Failure::new(
+            ErrorKind::TlsCertificate,
+            format!(
+                "TLS certificate rejected: {}",
+                describe_cert_error(cert_err)
+            ),
+        ),
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => Failure::new(
+            ErrorKind::TlsHandshake,
+            "TLS handshake failed: the server requires a client certificate, and probes \
+             present none (TLS alert certificate_required)",
+        ),
+        rustls::Error::AlertReceived(alert) => Failure::new(
+            ErrorKind::TlsHandshake,
+            format!(
+                "TLS handshake failed: the server refused it with the TLS alert {}",
+                alert_name(*alert)
+            ),
+        ),
+        other => Failure::new(
+            ErrorKind::TlsHandshake,
+            format!("TLS handshake failed: {other}"),
+        ),
+    }
+}
+
+/// `handshake_failure` for `HandshakeFailure`: the alert's name as the RFCs spell it.
+fn alert_name(alert: rustls::AlertDescription) -> String {
+    let debug = format!("{alert:?}");
+    let mut name = String::with_capacity(debug.len() + 4);
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
+}
+
+/// What is wrong with the certificate, as the end of "TLS certificate rejected: ...".
 fn describe_cert_error(err: &rustls::CertificateError) -> String {
     use rustls::CertificateError as E;
     match err {
-        E::UnknownIssuer => "issued by an untrusted CA (unknown issuer)".into(),
-        E::Expired | E::ExpiredContext { .. } => format!("expired ({err})"),
-        E::NotValidForName | E::NotValidForNameContext { .. } => {
-            format!("not valid for this host name ({err})")
+        E::ExpiredContext { not_after, .. } => format!("it expired on {}", date(*not_after)),
+        E::Expired => "it has expired".into(),
+        E::NotValidYetContext { not_before, .. } => {
+            format!("it is not valid before {}", date(*not_before))
         }
-        other => other.to_string(),
+        E::NotValidYet => "it is not valid yet".into(),
+        E::UnknownIssuer => "it is issued by an unknown authority (not among the trusted \
+                             roots; add the CA with --ca-file or VANTAGE_CA_FILE)"
+            .into(),
+        E::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let names: Vec<&str> = presented.iter().map(|p| presented_name(p)).collect();
+            let names = if names.is_empty() {
+                "no name".to_string()
+            } else {
+                names.join(", ")
+            };
+            format!(
+                "it is not valid for {} (it names {names})",
+                server_name(expected)
+            )
+        }
+        E::NotValidForName => "it is not valid for this host name".into(),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            "it is not meant for TLS servers (extended key usage)".into()
+        }
+        E::Revoked => "it has been revoked".into(),
+        E::BadSignature => "its signature does not verify".into(),
+        E::BadEncoding => "it is malformed".into(),
+        E::UnsupportedSignatureAlgorithmContext {
+            signature_algorithm_id,
+            ..
+        }
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext {
+            signature_algorithm_id,
+            ..
+        } => signature_algorithm(signature_algorithm_id),
+        E::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => {
+                "it is a CA certificate used as a server certificate; the server must \
+                 present a leaf certificate issued by that CA"
+                    .into()
+            }
+            Some(webpki::Error::EndEntityUsedAsCa) => {
+                "its chain uses a server certificate as a CA".into()
+            }
+            Some(webpki::Error::CertDistrusted) => "its authority is distrusted".into(),
+            Some(webpki::Error::PathLenConstraintViolated) => {
+                "its chain is longer than a CA allows (path length constraint)".into()
+            }
+            Some(webpki::Error::NameConstraintViolation) => {
+                "it names a host its CA may not issue for (name constraints)".into()
+            }
+            Some(webpki::Error::UnsupportedCriticalExtension) => {
+                "it has a critical extension that is not understood".into()
+            }
+            Some(other) => format!("it fails validation ({other:?})"),
+            None => format!("it fails validation ({other})"),
+        },
+        #[allow(deprecated)]
+        E::UnsupportedSignatureAlgorithm => "it is signed with an unsupported algorithm".into(),
+        other => format!("it fails validation ({other})"),
+    }
+}
+
+fn date(time: UnixTime) -> String {
+    i64::try_from(time.as_secs())
+        .ok()
+        .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .map_or_else(
+            || "an unreadable date".to_string(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
+}
+
+fn server_name(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(dns) => dns.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// webpki lists presented names as `DnsName("example.com")` or `IpAddress(192.0.2.1)`.
+fn presented_name(text: &str) -> &str {
+    let inner = text
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(text);
+    inner.trim_matches('"')
+}
+
+/// The algorithm of a signature webpki does not accept, named (SHA-1 and MD5 are
+/// refused on purpose, as browsers do).
+fn signature_algorithm(algorithm_id: &[u8]) -> String {
+    // DER of the OIDs: sha1WithRSAEncryption, ecdsa-with-SHA1, dsa-with-sha1,
+    // md5WithRSAEncryption.
+    const SHA1_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
+    const SHA1_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    const SHA1_DSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03];
+    const MD5_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04];
+    let has = |oid: &[u8]| algorithm_id.windows(oid.len()).any(|w| w == oid);
+    if has(SHA1_RSA) || has(SHA1_ECDSA) || has(SHA1_DSA) {
+        "it is signed with SHA-1, which is not accepted (reissue it with SHA-256)".into()
+    } else if has(MD5_RSA) {
+        "it is signed with MD5, which is not accepted (reissue it with SHA-256)".into()
+    } else {
+        "it is signed with an algorithm that is not accepted".into()
     }
 }
 

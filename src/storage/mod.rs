@@ -153,8 +153,17 @@ pub(crate) fn redact(text: &str) -> String {
 /// Applies every pending migration (idempotent; several instances may run it at once:
 /// sqlx serializes them with an advisory lock), then makes sure the heartbeat
 /// partitions for today and the next [`PARTITION_DAYS_AHEAD`] days exist.
+///
+/// An up-to-date schema is left alone, so that a login without DDL rights (the
+/// `vantage_prober` role) can start with the default `VANTAGE_AUTO_MIGRATE=true`.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    MIGRATOR.run(pool).await?;
+    if pending_migrations(pool)
+        .await
+        .map_err(MigrateError::Execute)?
+        > 0
+    {
+        MIGRATOR.run(pool).await?;
+    }
     partitions::ensure_ahead(pool, PARTITION_DAYS_AHEAD)
         .await
         .map_err(MigrateError::Execute)?;
