@@ -204,7 +204,14 @@ async fn every_documented_query_runs_as_the_reader() {
                 12.5, now() + interval '3 days', CASE WHEN k = 1 THEN 'timeout' END
          FROM monitor_assignments a, generate_series(1, 2) AS k;
          INSERT INTO agents (datacenter_id, instance_name) SELECT id, code || '-1' FROM datacenters;
-         INSERT INTO leader_terms (datacenter_id, term, agent_id) SELECT datacenter_id, 1, id FROM agents;",
+         INSERT INTO leader_terms (datacenter_id, term, agent_id) SELECT datacenter_id, 1, id FROM agents;
+         -- Monitors older than their heartbeats (so the missed slots before show), one
+         -- open incident and one resolved.
+         UPDATE api_monitors SET created_at = now() - interval '1 hour';
+         INSERT INTO incidents (kind, severity, monitor_id, opened_at, resolved_at, cause)
+         SELECT 'monitor_down', 'critical', id, now() - k * interval '10 minutes',
+                CASE WHEN k = 2 THEN now() - interval '15 minutes' END, 'seeded'
+         FROM api_monitors, generate_series(1, 2) AS k;",
     )
     .execute(&db.pool)
     .await
