@@ -27,6 +27,10 @@ impl Text {
     }
 }
 
+/// Events listed one per line in a summary; chat messages have size limits (Telegram:
+/// 4,096 characters, Slack: 50 blocks).
+const MAX_SUMMARY_LINES: usize = 20;
+
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter()
         .try_fold(value, |v, key| v.get(key))
@@ -88,13 +92,20 @@ pub fn render(event: &str, payload: &Value) -> Text {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            for item in &items {
+            for item in items.iter().take(MAX_SUMMARY_LINES) {
                 let line = format!(
                     "{} {}",
                     str_at(item, &["event"]).unwrap_or("?"),
                     str_at(item, &["subject"]).unwrap_or("?")
                 );
                 lines.push(("Event", line));
+            }
+            if items.len() > MAX_SUMMARY_LINES {
+                let more = items.len() - MAX_SUMMARY_LINES;
+                lines.push((
+                    "And",
+                    format!("{more} more (all of them in the webhook body and in SQL)"),
+                ));
             }
             return Text {
                 title: format!(
