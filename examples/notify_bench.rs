@@ -50,6 +50,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The benchmark measures delivery, not the rate limit.
+async fn unlimited(pool: &sqlx::PgPool, channel: i32) -> anyhow::Result<()> {
+    sqlx::query("UPDATE notification_channels SET rate_limit_per_minute = 1000000 WHERE id = $1")
+        .bind(channel)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -97,11 +106,7 @@ async fn main() -> anyhow::Result<()> {
         None,
     )
     .await;
-    // The benchmark measures delivery, not the rate limit.
-    sqlx::query("UPDATE notification_channels SET rate_limit_per_minute = 1000000 WHERE id = $1")
-        .bind(channel)
-        .execute(&pool)
-        .await?;
+    unlimited(&pool, channel).await?;
 
     // 1. Throughput.
     let queue_started = Instant::now();
@@ -224,7 +229,7 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
     .await?;
     let receiver = Receiver::start().await;
     receiver.respond_with(|_| (200, Duration::from_millis(50)));
-    webhook_channel(
+    let channel = webhook_channel(
         &pool,
         "e2e",
         &receiver.url("/hook"),
@@ -232,6 +237,7 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
         None,
     )
     .await;
+    unlimited(&pool, channel).await?;
 
     let shutdown = CancellationToken::new();
     let electors: Vec<Elector> = dcs
