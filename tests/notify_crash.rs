@@ -171,6 +171,11 @@ async fn a_delivering_process_killed_mid_way_loses_nothing_and_duplicates_keep_t
         deliveries.values().sum::<usize>() <= 10 + at_kill,
         "only what the first process had in flight is duplicated: {deliveries:?}"
     );
+    eprintln!(
+        "crash test: 10 events, {} deliveries ({at_kill} before the kill), {} delivered twice with the same id",
+        deliveries.values().sum::<usize>(),
+        duplicated.len()
+    );
     // The story in SQL: an attempt cut off by the kill (no outcome), then a successful
     // one by another process, for the same row.
     let interrupted: Vec<(String, i64)> = sqlx::query_as(
