@@ -516,3 +516,55 @@ async fn a_certificate_is_announced_once_per_threshold_whatever_the_datacenters_
     assert_eq!(thresholds, [14, 12]);
     assert_eq!(outbox(&db.pool, channel).await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_notification_still_failing_at_the_give_up_age_fails_for_good_and_is_counted() {
+    let db = TestDb::fresh().await;
+    let dcs = seed_datacenters(&db.pool, &["va"]).await;
+    let monitor = seed_monitor(&db.pool, "api", "https://api.example/", 10).await;
+    let receiver = Receiver::start().await;
+    receiver.respond_with(|_| (503, Duration::ZERO));
+    let channel = webhook_channel(
+        &db.pool,
+        "ops",
+        &receiver.url("/hook"),
+        &signature::new_secret(),
+        None,
+    )
+    .await;
+    let mut config = config();
+    config.give_up_after = Duration::from_secs(2);
+    let worker = Worker::start(&db, dcs[0], config).await;
+
+    open_incident(&db.pool, monitor, &dcs).await;
+
+    eventually(
+        "the notification given up",
+        Duration::from_secs(20),
+        || async { (outbox(&db.pool, channel).await[0].1 == "failed").then_some(()) },
+    )
+    .await;
+    let metrics = worker.stop().await.render();
+    let (attempts, error): (i32, Option<String>) =
+        sqlx::query_as("SELECT attempts, last_error FROM notifications WHERE channel_id = $1")
+            .bind(channel)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(attempts >= 2, "retried before giving up: {attempts}");
+    assert_eq!(receiver.received().len(), attempts as usize);
+    assert_eq!(error.as_deref(), Some("HTTP 503: receiver says 503"));
+    assert!(
+        metrics.contains(
+            r#"vantage_notification_attempts_total{channel_kind="webhook",result="failed"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            r#"vantage_notification_attempts_total{{channel_kind="webhook",result="retry"}} {}"#,
+            attempts - 1
+        )),
+        "{metrics}"
+    );
+}
