@@ -5,6 +5,12 @@
 //! at once) and then on tokio-cron-scheduler, whose coarse timing is fine for this.
 //! Monitor slots are *not* scheduled here (see `schedule`). It calls into `storage` and
 //! `rollup`; it owns no SQL itself.
+//!
+//! It runs on the maintenance pool (`storage::maintenance_pool`), never the writer's,
+//! and every transaction it starts has lock and statement timeouts (`partitions::LIMITS`,
+//! `rollup::LIMITS`), so a stuck lock holder costs it a failed run, not connections.
+//! Shutdown does not wait for a chore in progress: it is abandoned (its transaction
+//! rolls back) and the next leader's catch-up redoes it.
 
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -53,7 +59,8 @@ impl Chores {
     }
 }
 
-/// Runs the chores while this instance leads, until `shutdown`.
+/// Runs the chores while this instance leads, until `shutdown`. `pool` should be the
+/// maintenance pool.
 pub async fn spawn(
     pool: PgPool,
     datacenter_id: i32,
@@ -95,8 +102,13 @@ pub async fn spawn(
             if !elected {
                 break;
             }
-            chores.partitions().await;
-            chores.rollups().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = async {
+                    chores.partitions().await;
+                    chores.rollups().await;
+                } => {}
+            }
             // Wait for this term to end before catching up again.
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -15,7 +15,8 @@
 //! natively. `prometheus-client` has no TLS or HTTP dependencies, so it adds no second
 //! rustls crypto provider to the binary.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,6 +27,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::probe::ProbeReport;
+use crate::schedule::SchedulerStats;
+use crate::storage::WriterStats;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -57,6 +60,47 @@ struct IncidentKindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    /// `late` (the loop fell a whole period behind) or `saturated` (no probe permit).
+    reason: &'static str,
+}
+
+/// Counters kept by other parts (the writer, the current term's scheduler), copied
+/// into the families at scrape time.
+#[derive(Default)]
+struct Sources {
+    writer: Option<Arc<WriterStats>>,
+    scheduler: Option<Arc<SchedulerStats>>,
+    /// Skips (late, saturated) counted by the schedulers of earlier terms.
+    earlier_skips: [u64; 2],
+}
+
+impl Sources {
+    fn skips(&self) -> [u64; 2] {
+        let [late, saturated] = self.earlier_skips;
+        match &self.scheduler {
+            Some(s) => [
+                late + s.skipped_late.load(Ordering::Relaxed),
+                saturated + s.skipped_saturated.load(Ordering::Relaxed),
+            ],
+            None => [late, saturated],
+        }
+    }
+}
+
+/// Moves a counter up to `total` (a cumulative count kept elsewhere).
+fn advance(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,11 +145,19 @@ pub struct Metrics {
     writer_insert_duration: Histogram,
     writer_buffered_rows: Gauge,
     writer_spooled_rows: Gauge,
+    writer_spool_bytes: Gauge,
+    writer_insert_failures: Counter,
+    writer_spool_write_failures: Counter,
+    writer_dropped_rows: Counter,
+    schedule_skipped: Family<SkipLabels, Counter>,
     config_reloads: Family<ResultLabels, Counter>,
     evaluator_leader: Gauge,
     incidents_open: Family<IncidentKindLabels, Gauge>,
     evaluation_duration: Histogram,
     evaluated_heartbeats: Counter,
+    /// Also serialises the copying at scrape time, so two scrapes cannot both add
+    /// the same increment.
+    sources: Mutex<Sources>,
     notification_attempts: Family<NotificationLabels, Counter>,
 }
 
@@ -179,6 +231,36 @@ impl Metrics {
             "Heartbeats in the on-disk spool, waiting for the database to come back",
             writer_spooled_rows.clone(),
         );
+        let writer_spool_bytes = Gauge::default();
+        registry.register(
+            "vantage_writer_spool_bytes",
+            "Bytes of on-disk spool not replayed into the database yet",
+            writer_spool_bytes.clone(),
+        );
+        let writer_insert_failures = Counter::default();
+        registry.register(
+            "vantage_writer_insert_failures",
+            "Failed heartbeat insert attempts (each is retried; the rows are kept)",
+            writer_insert_failures.clone(),
+        );
+        let writer_spool_write_failures = Counter::default();
+        registry.register(
+            "vantage_writer_spool_write_failures",
+            "Failed attempts to write the spool (disk full, read-only); retried once per flush interval",
+            writer_spool_write_failures.clone(),
+        );
+        let writer_dropped_rows = Counter::default();
+        registry.register(
+            "vantage_writer_dropped_rows",
+            "Heartbeats lost: neither stored nor spooled (memory full while the spool could not be written)",
+            writer_dropped_rows.clone(),
+        );
+        let schedule_skipped = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "vantage_schedule_skipped_slots",
+            "Slots not probed, by reason: late (the scheduler fell a whole period behind) or saturated (no free probe permit)",
+            schedule_skipped.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "vantage_config_reloads",
@@ -229,11 +311,17 @@ impl Metrics {
             writer_insert_duration,
             writer_buffered_rows,
             writer_spooled_rows,
+            writer_spool_bytes,
+            writer_insert_failures,
+            writer_spool_write_failures,
+            writer_dropped_rows,
+            schedule_skipped,
             config_reloads,
             evaluator_leader,
             incidents_open,
             evaluation_duration,
             evaluated_heartbeats,
+            sources: Mutex::default(),
             notification_attempts,
         })
     }
@@ -298,10 +386,45 @@ impl Metrics {
 
     /// The writer's backlog: rows in memory and rows in the on-disk spool.
     pub fn set_writer_backlog(&self, buffered: u64, spooled: u64) {
-        self.writer_buffered_rows
-            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
-        self.writer_spooled_rows
-            .set(i64::try_from(spooled).unwrap_or(i64::MAX));
+        self.writer_buffered_rows.set(gauge_value(buffered));
+        self.writer_spooled_rows.set(gauge_value(spooled));
+    }
+
+    /// The writer whose failures, losses and spool size are exported.
+    pub fn watch_writer(&self, stats: Arc<WriterStats>) {
+        self.lock_sources().writer = Some(stats);
+    }
+
+    /// The scheduler of the term that just began: its skips are exported, on top of
+    /// those of earlier terms.
+    pub fn watch_scheduler(&self, stats: Arc<SchedulerStats>) {
+        let mut sources = self.lock_sources();
+        sources.earlier_skips = sources.skips();
+        sources.scheduler = Some(stats);
+    }
+
+    fn lock_sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        // The data is plain counters: a panic elsewhere cannot leave it inconsistent.
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies the counters kept elsewhere into their families.
+    fn collect_sources(&self) {
+        let sources = self.lock_sources();
+        if let Some(writer) = &sources.writer {
+            let w = writer.snapshot();
+            self.writer_spool_bytes.set(gauge_value(w.spool_bytes));
+            advance(&self.writer_insert_failures, w.insert_failures);
+            advance(&self.writer_spool_write_failures, w.spool_write_failures);
+            advance(&self.writer_dropped_rows, w.dropped_rows);
+        }
+        let [late, saturated] = sources.skips();
+        for (reason, total) in [("late", late), ("saturated", saturated)] {
+            advance(
+                &self.schedule_skipped.get_or_create(&SkipLabels { reason }),
+                total,
+            );
+        }
     }
 
     pub fn config_reloaded(&self, result: ReloadResult) {
@@ -343,6 +466,7 @@ impl Metrics {
 
     /// The exposition, in OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        self.collect_sources();
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -375,6 +499,12 @@ mod tests {
             error_kind,
             error_message: None,
             response_body: None,
+        }
+    }
+
+    fn assert_has(text: &str, expected: &[&str]) {
+        for expected in expected {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
     }
 
@@ -442,20 +572,49 @@ mod tests {
         m.config_reloaded(ReloadResult::Error);
         m.config_reloaded(ReloadResult::Ok);
         let text = m.render();
-        for expected in [
-            r#"vantage_leader{datacenter="syd"} 0"#,
-            r#"vantage_leader_term{datacenter="syd"} 7"#,
-            "vantage_schedule_lag_seconds_count 1",
-            "vantage_writer_batch_rows_sum 500.0",
-            "vantage_writer_insert_duration_seconds_count 1",
-            "vantage_writer_buffered_rows 42",
-            "vantage_writer_spooled_rows 1000",
-            r#"vantage_config_reloads_total{result="ok"} 2"#,
-            r#"vantage_config_reloads_total{result="error"} 1"#,
-        ] {
-            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
-        }
+        assert_has(
+            &text,
+            &[
+                r#"vantage_leader{datacenter="syd"} 0"#,
+                r#"vantage_leader_term{datacenter="syd"} 7"#,
+                "vantage_schedule_lag_seconds_count 1",
+                "vantage_writer_batch_rows_sum 500.0",
+                "vantage_writer_insert_duration_seconds_count 1",
+                "vantage_writer_buffered_rows 42",
+                "vantage_writer_spooled_rows 1000",
+                r#"vantage_config_reloads_total{result="ok"} 2"#,
+                r#"vantage_config_reloads_total{result="error"} 1"#,
+            ],
+        );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn scheduler_skips_add_up_across_terms_and_writer_counters_are_exported() {
+        let m = Metrics::new();
+        m.watch_writer(Arc::new(WriterStats::default()));
+        let first = Arc::new(SchedulerStats::default());
+        m.watch_scheduler(first.clone());
+        first.skipped_late.fetch_add(2, Ordering::Relaxed);
+        first.skipped_saturated.fetch_add(1, Ordering::Relaxed);
+        // A new term, a new scheduler: the counts go on from where they were.
+        let second = Arc::new(SchedulerStats::default());
+        m.watch_scheduler(second.clone());
+        second.skipped_late.fetch_add(3, Ordering::Relaxed);
+        for _ in 0..2 {
+            // Scraping twice adds nothing twice.
+            assert_has(
+                &m.render(),
+                &[
+                    r#"vantage_schedule_skipped_slots_total{reason="late"} 5"#,
+                    r#"vantage_schedule_skipped_slots_total{reason="saturated"} 1"#,
+                    "vantage_writer_insert_failures_total 0",
+                    "vantage_writer_spool_write_failures_total 0",
+                    "vantage_writer_dropped_rows_total 0",
+                    "vantage_writer_spool_bytes 0",
+                ],
+            );
+        }
     }
 
     #[test]
@@ -472,7 +631,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .map(|l| l.split_once(' ').unwrap())
             .collect();
-        assert_eq!(families.len(), 14, "{families:?}");
+        assert_eq!(families.len(), 19, "{families:?}");
         for (name, kind) in families {
             assert!(name.starts_with("vantage_"), "{name}");
             assert!(
@@ -484,9 +643,9 @@ mod tests {
             }
             // OpenMetrics names counter families without _total; samples carry it.
             if kind == "counter" {
+                let sample = format!("\n{name}_total");
                 assert!(
-                    text.contains(&format!("\n{name}_total{{"))
-                        || text.contains(&format!("\n{name}_total ")),
+                    text.contains(&format!("{sample}{{")) || text.contains(&format!("{sample} ")),
                     "{name}_total"
                 );
             }

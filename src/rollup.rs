@@ -19,15 +19,25 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgPool;
 
+use crate::storage::TxLimits;
+
 /// A lookback that covers the hour that just ended plus a couple of hours of late rows.
 pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3 * 3600);
+
+/// Bounds on a periodic refresh ([`refresh`], [`refresh_datacenter`]): the leaders of
+/// all datacenters queue on one lock, so the wait is generous; the worst case (60 s of
+/// waiting plus two statements of 90 s) stays under the five minutes between runs.
+pub const LIMITS: TxLimits = TxLimits {
+    lock_timeout: Duration::from_secs(60),
+    statement_timeout: Duration::from_secs(90),
+};
 
 /// Recomputes the rollups of every datacenter for the hours touched by the last
 /// `lookback` (rounded down to the start of its UTC hour) up to now. Returns how many
 /// hourly and daily rows were inserted or changed; hours whose heartbeats did not
 /// change since the last refresh are not rewritten.
 pub async fn refresh(pool: &PgPool, lookback: Duration) -> Result<u64, sqlx::Error> {
-    refresh_range(pool, since(lookback), None, None).await
+    refresh_within(pool, since(lookback), None, None, Some(LIMITS)).await
 }
 
 /// [`refresh`] for one datacenter's heartbeats only: lets each datacenter's leader
@@ -37,21 +47,42 @@ pub async fn refresh_datacenter(
     datacenter_id: i32,
     lookback: Duration,
 ) -> Result<u64, sqlx::Error> {
-    refresh_range(pool, since(lookback), None, Some(datacenter_id)).await
+    refresh_within(
+        pool,
+        since(lookback),
+        None,
+        Some(datacenter_id),
+        Some(LIMITS),
+    )
+    .await
 }
 
 /// Recomputes the rollups for the hours overlapping `[from, to)` (`to = None`: up to
 /// the newest heartbeat), for one datacenter or all. Use it to backfill after an
 /// upgrade or a long outage, e.g. `refresh_range(pool, now - 30 days, None, None)`.
+/// A backfill may take long: it runs without [`LIMITS`].
 pub async fn refresh_range(
     pool: &PgPool,
     from: DateTime<Utc>,
     to: Option<DateTime<Utc>>,
     datacenter_id: Option<i32>,
 ) -> Result<u64, sqlx::Error> {
+    refresh_within(pool, from, to, datacenter_id, None).await
+}
+
+async fn refresh_within(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: Option<DateTime<Utc>>,
+    datacenter_id: Option<i32>,
+    limits: Option<TxLimits>,
+) -> Result<u64, sqlx::Error> {
     let from = floor_hour(from);
     let to = to.map(ceil_hour);
     let mut tx = pool.begin().await?;
+    if let Some(limits) = limits {
+        limits.apply(&mut tx).await?;
+    }
     // One refresh at a time: two leaders upserting the same rows in different orders
     // could deadlock; the second one waits and then finds little left to change.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.rollups'))")

@@ -343,7 +343,10 @@ async fn a_postgres_restart_while_writing_10000_heartbeats_loses_none() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.start_server().await;
     producer.await.unwrap();
-    wait_until(&stats, "recovery", |s| !s.degraded && s.buffered_rows == 0).await;
+    wait_until(&stats, "recovery", |s| {
+        !s.degraded && s.buffered_rows == 0 && s.spooled_rows == 0
+    })
+    .await;
     let summary = writer.shutdown().await;
 
     assert_eq!(count_heartbeats(&pool).await, 10_000, "{summary:?}");
@@ -431,4 +434,138 @@ async fn concurrent_writers_never_share_a_spool_file() {
     let (_tx, d) = HeartbeatWriter::spawn(pool.clone(), cfg).await.unwrap();
     wait_for_rows(&pool, 200, Duration::from_secs(30)).await;
     d.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spooled_outage_drains_at_full_speed_while_new_heartbeats_keep_coming() {
+    let cluster = DedicatedCluster::start().await;
+    let db = cluster.fresh_db().await;
+    let pool = cluster.pool(&db.name).await;
+    let spool = tempfile::tempdir().unwrap();
+    cluster.stop_server().await;
+    let (tx, writer) = HeartbeatWriter::spawn(pool.clone(), config(spool.path()))
+        .await
+        .unwrap();
+    let stats = writer.stats();
+    let outage_rows = 50_000;
+    for i in 0..outage_rows {
+        tx.send(heartbeat(1 + (i % 100) as i32, 1, slot(i / 100)));
+    }
+    wait_until(&stats, "the outage's heartbeats on disk", |s| {
+        s.spooled_rows == outage_rows as u64 && s.buffered_rows == 0
+    })
+    .await;
+
+    cluster.start_server().await;
+    // Probing goes on during the drain: 1,000 heartbeats a second.
+    let producer = tokio::spawn(async move {
+        for i in 0..2_000 {
+            tx.send(heartbeat(1 + (i % 100) as i32, 1, slot(1_000 + i / 100)));
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // The clock starts with the first insert that lands (reconnecting is not draining).
+    wait_until(&stats, "Postgres back", |s| s.inserted_rows > 0).await;
+    let started = tokio::time::Instant::now();
+    wait_until(&stats, "the spool drained", |s| s.spooled_rows == 0).await;
+    let drained = started.elapsed();
+    producer.await.unwrap();
+    wait_for_rows(&pool, outage_rows + 2_000, Duration::from_secs(30)).await;
+    let rate = outage_rows as f64 / drained.as_secs_f64();
+    eprintln!("drained {outage_rows} spooled heartbeats in {drained:.2?}: {rate:.0} rows/s");
+    let summary = writer.shutdown().await;
+    assert_eq!(summary.stats.dropped_rows, 0, "{summary:?}");
+    // A generous floor for a debug build on a busy shared machine (BENCHMARKS.md has
+    // figures); a stall would be seconds per batch.
+    assert!(rate > 2_000.0, "{rate:.0} rows/s");
+}
+
+#[tokio::test]
+async fn partition_maintenance_gives_up_on_a_stuck_lock_holder() {
+    let db = TestDb::fresh().await;
+    // A session that took a lock on the heartbeat table and never lets go.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_heartbeats IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let far = Utc
+        .with_ymd_and_hms(2032, 1, 1, 0, 0, 0)
+        .unwrap()
+        .date_naive();
+    let err = storage::partitions::ensure_days(&db.pool, &[far])
+        .await
+        .expect_err("creating a partition cannot take its lock");
+    let waited = started.elapsed();
+    let code = match &err {
+        sqlx::Error::Database(e) => e.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("55P03"), "lock_not_available: {err}");
+    assert!(
+        waited >= storage::partitions::LIMITS.lock_timeout && waited < Duration::from_secs(15),
+        "gave up after {waited:?}"
+    );
+    holder.rollback().await.unwrap();
+    // Once the holder is gone, the same call succeeds.
+    assert_eq!(
+        storage::partitions::ensure_days(&db.pool, &[far])
+            .await
+            .unwrap(),
+        vec!["api_heartbeats_20320101".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_that_cannot_be_spooled_at_shutdown_are_reported_lost_not_spooled() {
+    let Some(disk) = support::disk::SmallDisk::mount("64k") else {
+        return;
+    };
+    let cluster = DedicatedCluster::start().await;
+    let db = cluster.fresh_db().await;
+    let pool = cluster.pool(&db.name).await;
+    cluster.stop_server().await;
+    // Spooled 50 rows (~30 kB) per write: two writes fit, the third fills the disk
+    // halfway through and must leave no torn line behind.
+    let cfg = WriterConfig {
+        batch_rows: 50,
+        ..config(disk.path())
+    };
+    let (tx, writer) = HeartbeatWriter::spawn(pool.clone(), cfg.clone())
+        .await
+        .unwrap();
+    for i in 0..500 {
+        tx.send(heartbeat(1, 1, slot(i)));
+    }
+    let summary = writer.shutdown().await;
+    eprintln!(
+        "spooled {}, lost {}",
+        summary.spooled_rows, summary.lost_rows
+    );
+    assert!(summary.lost_rows >= 300, "{summary:?}");
+    assert!(summary.spooled_rows > 0, "{summary:?}");
+    assert_eq!(
+        summary.spooled_rows + summary.lost_rows,
+        500,
+        "each heartbeat is spooled or lost: {summary:?}"
+    );
+    assert_eq!(
+        summary.rows_left_in_spool, summary.spooled_rows,
+        "{summary:?}"
+    );
+    assert_eq!(summary.stats.dropped_rows, summary.lost_rows, "{summary:?}");
+    assert_eq!(summary.stats.buffered_rows, 0, "{summary:?}");
+    assert!(summary.stats.spool_write_failures >= 1, "{summary:?}");
+    // The spool holds whole lines only: the next writer replays exactly what was saved.
+    cluster.start_server().await;
+    let (_tx, next) = HeartbeatWriter::spawn(pool.clone(), cfg).await.unwrap();
+    wait_for_rows(&pool, summary.spooled_rows as i64, Duration::from_secs(30)).await;
+    let replayed = next.shutdown().await;
+    assert_eq!(
+        replayed.stats.inserted_rows, summary.spooled_rows,
+        "{replayed:?}"
+    );
 }

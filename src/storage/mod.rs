@@ -4,6 +4,10 @@
 //! ([`seed_example`]) and the batched heartbeat writer ([`HeartbeatWriter`]) that
 //! moves probe results into Postgres without losing any when Postgres is away.
 //!
+//! Maintenance (partitions, retention, rollups) runs on a pool of its own
+//! ([`maintenance_pool`]) under [`TxLimits`], so a stuck lock holder can neither park
+//! maintenance forever nor take the writer's connections.
+//!
 //! It does not decide who probes (leadership) nor what (configuration loading).
 
 use std::time::Duration;
@@ -11,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub mod partitions;
 mod spool;
@@ -46,21 +50,67 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     })
 }
 
-/// Connects a pool with Vantage's settings: connections are checked before use (so a
-/// restarted server is noticed at once) and acquiring one gives up after 5 s instead
-/// of hanging while the server is away.
+/// Connects the main pool (the writer's, configuration, liveness) with Vantage's
+/// settings ([`pool_options`]).
 pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
-    let options = options
-        .application_name("vantage")
-        .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+    pool_options(10)
+        .connect_with(session_options(options, "vantage"))
+        .await
+}
+
+/// Connections of the maintenance pool: one for the hourly partition run, one for the
+/// rollups, which may overlap.
+pub const MAINTENANCE_CONNECTIONS: u32 = 2;
+
+/// The pool housekeeping and rollups run on, apart from the writer's: whatever they
+/// wait for, they hold at most [`MAINTENANCE_CONNECTIONS`] connections. Connects
+/// lazily (the caller has just reached the database through its main pool).
+pub fn maintenance_pool(options: PgConnectOptions) -> PgPool {
+    pool_options(MAINTENANCE_CONNECTIONS)
+        .connect_lazy_with(session_options(options, "vantage-maintenance"))
+}
+
+/// Vantage's pool settings: connections are checked before use (so a restarted server
+/// is noticed at once) and acquiring one gives up after 5 s instead of hanging while
+/// the server is away.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(10)
+        .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
         .test_before_acquire(true)
-        .connect_with(options)
-        .await
+}
+
+fn session_options(options: PgConnectOptions, application_name: &str) -> PgConnectOptions {
+    options
+        .application_name(application_name)
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5))
+}
+
+/// Bounds on one maintenance transaction: how long it may wait for a lock, and how long
+/// any of its statements may run. DDL waiting for a lock on `api_heartbeats` would
+/// queue every insert behind it, and a lock holder that never lets go would park the
+/// waiting connection for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxLimits {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl TxLimits {
+    /// Sets the limits for the rest of the transaction `tx` is in (`SET LOCAL`).
+    pub async fn apply(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), \
+                    set_config('statement_timeout', $2, true)",
+        )
+        .bind(format!("{}ms", self.lock_timeout.as_millis()))
+        .bind(format!("{}ms", self.statement_timeout.as_millis()))
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// A listener on `channel` over a connection of its own (LISTEN needs a real session, so

@@ -1,6 +1,10 @@
 //! Spool files: where the heartbeat writer keeps results it cannot hand to Postgres
 //! and cannot keep in memory. One append-only file of JSON lines per writer, flushed
-//! and fsync'd per batch, read back in order from a committed offset.
+//! and fsync'd per batch, read back in order from a committed offset. An append that
+//! fails (disk full, read-only) is cut off again, so a file holds whole lines only and
+//! the same rows can be appended later. Replay hands out several batches at once
+//! ([`SpoolFile::read_next`]); they may be stored in any order, and the offset commits
+//! only over batches stored contiguously ([`SpoolFile::land`]).
 //!
 //! Each file is held with an exclusive `flock` for as long as its writer lives, so
 //! concurrent instances sharing a directory never write to or replay each other's file;
@@ -9,6 +13,7 @@
 //! inserting a batch and deleting the file) is harmless: heartbeats are slot-keyed and
 //! the writer skips keys already stored.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -28,9 +33,15 @@ pub(crate) struct SpoolFile {
     file: File,
     /// Everything before this offset has been inserted.
     read_offset: u64,
+    /// Batches up to this offset were handed out for inserting (at least `read_offset`).
+    dispatched: u64,
+    /// Batches stored before one handed out earlier: start -> (end, rows).
+    landed: BTreeMap<u64, (u64, u64)>,
     len: u64,
     /// Rows after `read_offset` (counted when adopted, tracked while appending).
     unread_rows: u64,
+    /// The file ends in part of a line a failed append left and could not cut off.
+    torn: bool,
 }
 
 impl SpoolFile {
@@ -57,8 +68,11 @@ impl SpoolFile {
                     path,
                     file,
                     read_offset: 0,
+                    dispatched: 0,
+                    landed: BTreeMap::new(),
                     len: 0,
                     unread_rows: 0,
+                    torn: false,
                 });
             }
         }
@@ -93,8 +107,11 @@ impl SpoolFile {
                 path,
                 file,
                 read_offset: 0,
+                dispatched: 0,
+                landed: BTreeMap::new(),
                 len,
                 unread_rows: 0,
+                torn: false,
             };
             spool.unread_rows = spool.count_lines()?;
             adopted.push(spool);
@@ -106,34 +123,64 @@ impl SpoolFile {
         &self.path
     }
 
-    /// Appends `rows` and fsyncs; returns the bytes written.
+    /// Appends `rows` and fsyncs; returns the rows and bytes written. On failure (disk
+    /// full, read-only) nothing of them counts as written and the file is left as it
+    /// was, so the same rows can be appended again later.
     pub fn append<'a>(
         &mut self,
         rows: impl IntoIterator<Item = &'a Heartbeat>,
     ) -> io::Result<(u64, u64)> {
         let mut buf = Vec::with_capacity(64 * 1024);
+        if self.torn {
+            // End the unreadable tail a failed append left, so the next row starts a
+            // line of its own.
+            buf.push(b'\n');
+        }
         let mut count = 0;
         for row in rows {
             serde_json::to_writer(&mut buf, row)?;
             buf.push(b'\n');
             count += 1;
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(err) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            self.cut_torn_tail();
+            return Err(err);
+        }
         self.len += buf.len() as u64;
         self.unread_rows += count;
+        self.torn = false;
         Ok((count, buf.len() as u64))
     }
 
-    /// Reads up to `max` rows after the committed offset. Returns them with the offset
-    /// to commit once they are stored, and how many lines were unreadable (a torn
-    /// last line after a crash) and skipped.
-    pub fn read_batch(&self, max: usize) -> io::Result<(Vec<Heartbeat>, u64, u64)> {
+    /// A failed append may have written part of its batch (a disk filling up mid-write):
+    /// cut it off. If even that fails, the part stays as one unreadable line that replay
+    /// skips, and the next append starts on a new line.
+    fn cut_torn_tail(&mut self) {
+        if self.file.set_len(self.len).is_ok() {
+            return;
+        }
+        if let Ok(meta) = self.file.metadata() {
+            if meta.len() > self.len {
+                self.len = meta.len();
+                self.torn = true;
+            }
+        }
+    }
+
+    /// Reads the next batch of up to `max` rows after what was handed out already.
+    /// Returns the rows and the byte range they came from, to [`SpoolFile::land`] once
+    /// they are stored. Unreadable lines (a torn last line after a crash) are skipped.
+    pub fn read_next(&mut self, max: usize) -> io::Result<(Vec<Heartbeat>, u64, u64)> {
+        let start = self.dispatched;
         let mut rows = Vec::new();
         let mut skipped = 0;
         let mut buf: Vec<u8> = Vec::new();
         let mut consumed = 0usize;
-        let mut file_pos = self.read_offset;
+        let mut file_pos = start;
         while rows.len() < max {
             if let Some(i) = buf[consumed..].iter().position(|&b| b == b'\n') {
                 parse_line(
@@ -159,13 +206,36 @@ impl SpoolFile {
             self.file.read_exact_at(&mut buf[start..], file_pos)?;
             file_pos += want as u64;
         }
-        Ok((rows, self.read_offset + consumed as u64, skipped))
+        self.dispatched = start + consumed as u64;
+        Ok((rows, start, self.dispatched))
     }
 
-    /// Marks everything before `offset` (holding `rows` rows) as stored.
-    pub fn commit(&mut self, offset: u64, rows: u64) {
-        self.read_offset = offset;
-        self.unread_rows = self.unread_rows.saturating_sub(rows);
+    /// Everything is handed out (in flight or stored): nothing to read for now.
+    pub fn all_dispatched(&self) -> bool {
+        self.dispatched >= self.len
+    }
+
+    /// Reads again from the committed offset: for when nothing of this file is in
+    /// flight (after a failed insert, the batches that landed after it are simply
+    /// stored again, harmlessly).
+    pub fn rewind(&mut self) {
+        self.dispatched = self.read_offset;
+        self.landed.clear();
+    }
+
+    /// Books the batch `[start, end)`, holding `rows` rows, as stored, and commits every
+    /// stored batch now contiguous with the committed offset. Returns the bytes and the
+    /// rows committed.
+    pub fn land(&mut self, start: u64, end: u64, rows: u64) -> (u64, u64) {
+        self.landed.insert(start, (end, rows));
+        let unread_before = self.unread_bytes();
+        let mut committed_rows = 0;
+        while let Some((end, rows)) = self.landed.remove(&self.read_offset) {
+            self.read_offset = end;
+            self.unread_rows = self.unread_rows.saturating_sub(rows);
+            committed_rows += rows;
+        }
+        (unread_before - self.unread_bytes(), committed_rows)
     }
 
     pub fn is_drained(&self) -> bool {
@@ -226,5 +296,63 @@ fn try_lock(file: &File) -> io::Result<bool> {
         Ok(false)
     } else {
         Err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spool file holding `n` heartbeats (one monitor, one per second), and them.
+    fn spool_of(n: i64) -> (tempfile::TempDir, SpoolFile, Vec<Heartbeat>) {
+        let at = chrono::Utc::now();
+        let rows: Vec<Heartbeat> = (0..n)
+            .map(|i| {
+                // Absent optional fields read as None.
+                serde_json::from_value(serde_json::json!({
+                    "monitor_id": 1, "datacenter_id": 1,
+                    "scheduled_at": at + chrono::Duration::seconds(i), "executed_at": at,
+                    "schedule_lag_ms": 0.0,
+                    "report": { "status": "up", "total_ms": 1.0, "redirect_count": 0 },
+                }))
+                .expect("a heartbeat")
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SpoolFile::create(dir.path()).unwrap();
+        file.append(&rows).unwrap();
+        (dir, file, rows)
+    }
+
+    #[test]
+    fn batches_stored_out_of_order_commit_only_once_contiguous() {
+        let (_dir, mut file, written) = spool_of(30);
+        let batches: Vec<_> = (0..3).map(|_| file.read_next(10).unwrap()).collect();
+        assert!(file.all_dispatched());
+        assert_eq!(batches[1].0, written[10..20]);
+        let range = |i: usize| (batches[i].1, batches[i].2);
+        let ((s0, e0), (s1, e1), (s2, e2)) = (range(0), range(1), range(2));
+        // The last lands first: nothing commits until the ones before it are stored.
+        assert_eq!(file.land(s2, e2, 10), (0, 0));
+        assert_eq!(file.unread_rows(), 30);
+        assert_eq!(file.land(s0, e0, 10), (e0 - s0, 10));
+        assert_eq!(file.land(s1, e1, 10), (e2 - s1, 20));
+        assert!(file.is_drained());
+        assert_eq!(file.unread_rows(), 0);
+    }
+
+    #[test]
+    fn a_rewind_reads_again_from_the_committed_offset() {
+        let (_dir, mut file, written) = spool_of(20);
+        let (_, s0, _) = file.read_next(10).unwrap();
+        let (_, s1, e1) = file.read_next(10).unwrap();
+        // The second batch was stored, the first failed: after a rewind both are read
+        // again (the second is a harmless duplicate), and nothing was committed.
+        assert_eq!(file.land(s1, e1, 10), (0, 0));
+        file.rewind();
+        let (again, start, _) = file.read_next(100).unwrap();
+        assert_eq!(start, s0);
+        assert_eq!(again, written);
+        assert_eq!(file.unread_rows(), 20);
     }
 }

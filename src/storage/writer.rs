@@ -4,16 +4,35 @@
 //! ...`, one array parameter per column; duplicate keys are harmless (a batch that
 //! meets one is stored again with `ON CONFLICT DO NOTHING`).
 //!
-//! Nothing is dropped. When Postgres is unreachable or slow the writer keeps heartbeats
-//! in memory up to [`WriterConfig::memory_rows`], then appends them to a spool file
-//! under [`WriterConfig::spool_dir`], and replays everything in order once Postgres
-//! answers again. A missing daily partition is created and the batch retried. A spool
-//! left by a stopped or crashed process is replayed when the next writer starts.
-//! Shutdown flushes what it can within a deadline and spools the rest.
+//! Durability, and its bounds (README, "Guarantees under faults"): once Postgres has
+//! stored nothing for [`WriterConfig::spool_flush_interval`] (it is away, or hung), a
+//! heartbeat it has not stored within that interval of its arrival is appended to a
+//! spool file under [`WriterConfig::spool_dir`] and fsync'd, so a crash during an
+//! outage loses about that interval of heartbeats. A batch whose insert is still in
+//! flight is spooled too; if the insert lands after all, the replayed copy is a
+//! harmless duplicate. While inserts keep landing, a backlog in memory is not spooled:
+//! it drains faster from memory than through the disk. The writer then stores from the
+//! spool (several batches in flight, committed in order) and new heartbeats follow
+//! through it until it is drained. A spool left by a stopped or crashed process is
+//! replayed when the next writer starts. A missing daily partition is created and the
+//! batch retried. Shutdown flushes what it can within a deadline and spools the rest.
 //!
-//! Order of storage: heartbeats spooled by earlier processes, then the memory buffer
-//! (oldest first), then this process's spool file; new heartbeats go to the spool file
-//! as long as it is not drained, so they never overtake older ones.
+//! Memory holds at most [`WriterConfig::memory_rows`] heartbeats that are neither
+//! stored nor spooled; reaching it spools them at once. Only while the spool cannot be
+//! written (disk full, read-only) can it stay full: heartbeats arriving then are lost,
+//! counted in `dropped_rows`, logged once per episode with their number, and never
+//! reported as spooled. The spool is retried once per flush interval meanwhile, and
+//! rows still in memory go straight to Postgres when it answers.
+//!
+//! Order of storage: heartbeats spooled by earlier processes, then this process's
+//! spool, then memory (oldest first); while this process's spool holds unstored rows,
+//! new heartbeats queue behind it, so they never overtake older ones.
+//!
+//! The task sleeps until its next deadline (a batch due, a retry, a spool flush) or an
+//! event (a heartbeat, an insert finished); while Postgres is away it does not poll.
+//!
+//! It owns the spool directory's files and nothing else on disk; it does not decide
+//! what is probed nor touch leadership.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
@@ -46,7 +65,13 @@ pub struct WriterConfig {
     pub batch_rows: usize,
     /// ...or when the oldest waiting one is this old.
     pub batch_delay: Duration,
-    /// Heartbeats kept in memory while Postgres is away before spooling to disk.
+    /// Once Postgres has stored nothing for this long, heartbeats that have waited this
+    /// long in memory are written to the spool and fsync'd: what a crash during an
+    /// outage can lose.
+    pub spool_flush_interval: Duration,
+    /// The most heartbeats held in memory neither stored nor spooled. Reaching it spools
+    /// them at once; when the spool cannot be written, later heartbeats are lost (and
+    /// counted) until it can, or until Postgres stores what memory holds.
     pub memory_rows: usize,
     /// An insert taking longer than this counts as failed (and is retried). It also bounds
     /// how long a connection silently cut by a network partition (no RST, no keepalive on
@@ -58,7 +83,7 @@ pub struct WriterConfig {
     /// before spooling them.
     pub shutdown_timeout: Duration,
     /// Batches from memory written concurrently (pipelining hides commit latency and
-    /// uses several server processes). Spool replay is one batch at a time.
+    /// uses several server processes); spool replay pipelines as many.
     pub max_inflight: usize,
     /// Where batch sizes and insert latencies are reported, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
@@ -70,6 +95,7 @@ impl Default for WriterConfig {
             spool_dir: PathBuf::from(".vantage/spool"),
             batch_rows: 1000,
             batch_delay: Duration::from_millis(250),
+            spool_flush_interval: Duration::from_secs(1),
             memory_rows: 100_000,
             insert_timeout: Duration::from_secs(10),
             max_retry_delay: Duration::from_secs(2),
@@ -91,6 +117,7 @@ pub struct WriterStats {
     duplicate_rows: AtomicU64,
     batches: AtomicU64,
     insert_failures: AtomicU64,
+    spool_write_failures: AtomicU64,
     partitions_created: AtomicU64,
     rejected_rows: AtomicU64,
     dropped_rows: AtomicU64,
@@ -102,25 +129,30 @@ pub struct WriterStats {
 pub struct WriterSnapshot {
     /// Heartbeats handed to a sender since start.
     pub received_rows: u64,
-    /// In memory: queued, batched or in flight (gauge).
+    /// In memory only (queued, batched or in flight), neither stored nor spooled (gauge).
     pub buffered_rows: u64,
-    /// In spool files, not yet stored (gauge).
+    /// In spool files, not replayed yet (gauge).
     pub spooled_rows: u64,
     /// Bytes of spool not yet replayed (gauge).
     pub spool_bytes: u64,
     /// Rows Postgres inserted.
     pub inserted_rows: u64,
-    /// Rows Postgres already had (same slot written twice): harmless.
+    /// Rows Postgres already had (same slot written twice, a spooled copy of a batch
+    /// that landed after all): harmless.
     pub duplicate_rows: u64,
     /// Successful insert statements.
     pub batches: u64,
     /// Failed insert attempts (each is retried).
     pub insert_failures: u64,
+    /// Failed attempts to write the spool (disk full, read-only); retried once per
+    /// flush interval.
+    pub spool_write_failures: u64,
     /// Partitions created because a heartbeat's day had none.
     pub partitions_created: u64,
     /// Rows Postgres refused as invalid, kept in `rejected-*.jsonl` in the spool dir.
     pub rejected_rows: u64,
-    /// Rows sent after shutdown, which nobody could take.
+    /// Rows lost: neither stored nor spooled (memory full while the spool could not be
+    /// written, or the spool unwritable at shutdown), or sent after shutdown.
     pub dropped_rows: u64,
     /// Postgres is currently unreachable for the writer.
     pub degraded: bool,
@@ -138,6 +170,7 @@ impl WriterStats {
             duplicate_rows: get(&self.duplicate_rows),
             batches: get(&self.batches),
             insert_failures: get(&self.insert_failures),
+            spool_write_failures: get(&self.spool_write_failures),
             partitions_created: get(&self.partitions_created),
             rejected_rows: get(&self.rejected_rows),
             dropped_rows: get(&self.dropped_rows),
@@ -181,8 +214,10 @@ impl HeartbeatSender {
 pub struct FlushSummary {
     /// Rows stored during shutdown.
     pub flushed_rows: u64,
-    /// Rows written to the spool during shutdown (Postgres unreachable or too slow).
+    /// Rows written to the spool (and fsync'd) during shutdown.
     pub spooled_rows: u64,
+    /// Rows that could be neither stored nor spooled during shutdown: lost.
+    pub lost_rows: u64,
     /// Spool files left for the next start, and the rows in them.
     pub spool_files: Vec<PathBuf>,
     pub rows_left_in_spool: u64,
@@ -220,22 +255,25 @@ impl HeartbeatWriter {
                 "replaying heartbeats spooled by an earlier process"
             );
         }
+        if let Some(metrics) = &config.metrics {
+            metrics.watch_writer(stats.clone());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let state = State {
             pool,
             stats: stats.clone(),
             memory: VecDeque::new(),
-            memory_since: None,
             backlog,
             own: None,
-            pending: Vec::new(),
-            pending_since: None,
             inflight: JoinSet::new(),
             batches: HashMap::new(),
+            next_seq: 0,
             retry_at: None,
             backoff: Duration::ZERO,
-            spool_error_logged: false,
+            last_stored: Instant::now(),
+            spool_trouble: None,
+            spooling_logged: false,
             config,
         };
         let task = tokio::spawn(state.run(rx, shutdown.clone()));
@@ -279,10 +317,26 @@ impl Drop for HeartbeatWriter {
 /// Where the rows of an insert came from, so success and failure can be booked.
 enum Source {
     Memory,
-    /// An earlier process's spool (front of the backlog); commit this offset.
-    Backlog(u64),
-    /// This process's spool; commit this offset.
-    Own(u64),
+    /// This byte range of an earlier process's spool (the front of the backlog).
+    Backlog(u64, u64),
+    /// This byte range of this process's spool.
+    Own(u64, u64),
+}
+
+/// Which spool file a replay reads.
+#[derive(Clone, Copy)]
+enum Replay {
+    Backlog,
+    Own,
+}
+
+impl Replay {
+    fn is_source_of(self, batch: &Batch) -> bool {
+        matches!(
+            (self, &batch.source),
+            (Replay::Backlog, Source::Backlog(..)) | (Replay::Own, Source::Own(..))
+        )
+    }
 }
 
 /// A batch being inserted; its rows stay here so a failed (or panicked) insert loses
@@ -290,6 +344,13 @@ enum Source {
 struct Batch {
     source: Source,
     rows: Arc<Vec<Heartbeat>>,
+    /// Batches are numbered as taken, so spooling the ones in flight keeps their order.
+    seq: u64,
+    /// When the oldest row of a memory batch arrived.
+    arrived: Instant,
+    /// A memory batch whose rows were also spooled while its insert was in flight: its
+    /// rows are no longer at risk and are not taken back into memory if it fails.
+    spooled: bool,
 }
 
 type InsertDone = (Id, Result<Result<Inserted, sqlx::Error>, JoinError>);
@@ -304,25 +365,38 @@ struct Inserted {
     rejected: Vec<(Heartbeat, String)>,
 }
 
+/// A period during which the spool could not be written.
+struct SpoolTrouble {
+    since: Instant,
+    /// No spool write is tried before this: one attempt per flush interval, not one
+    /// per heartbeat.
+    retry_at: Instant,
+    /// Heartbeats lost during this period.
+    lost_rows: u64,
+}
+
 struct State {
     pool: PgPool,
     config: WriterConfig,
     stats: Arc<WriterStats>,
-    /// Oldest first.
-    memory: VecDeque<Heartbeat>,
-    memory_since: Option<Instant>,
+    /// Heartbeats neither stored nor spooled, oldest first, with their arrival time.
+    memory: VecDeque<(Instant, Heartbeat)>,
     /// Spool files of earlier processes, oldest first.
     backlog: VecDeque<SpoolFile>,
-    /// This process's spool file while it holds unstored rows.
+    /// This process's spool file while it holds unstored rows; kept (empty) while the
+    /// spool is in trouble, so a full disk does not see a file created and deleted per
+    /// attempt.
     own: Option<SpoolFile>,
-    /// Rows on their way to the own spool file (written per batch).
-    pending: Vec<Heartbeat>,
-    pending_since: Option<Instant>,
     inflight: JoinSet<Result<Inserted, sqlx::Error>>,
     batches: HashMap<Id, Batch>,
+    next_seq: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
-    spool_error_logged: bool,
+    /// When an insert last succeeded (or the writer started).
+    last_stored: Instant,
+    spool_trouble: Option<SpoolTrouble>,
+    /// "Spooling" was said for the current spell, so it is said once.
+    spooling_logged: bool,
 }
 
 impl State {
@@ -334,6 +408,7 @@ impl State {
         let mut incoming = Vec::with_capacity(self.config.batch_rows);
         let mut channel_open = true;
         loop {
+            self.spool_due(Instant::now());
             self.start_inserts(false);
             let wakeup = self.next_wakeup();
             tokio::select! {
@@ -345,94 +420,207 @@ impl State {
                 n = rx.recv_many(&mut incoming, self.config.batch_rows), if channel_open => {
                     // 0: every sender is gone; keep storing what we have until shutdown.
                     channel_open = n > 0;
+                    let now = Instant::now();
                     for heartbeat in incoming.drain(..) {
-                        self.accept(heartbeat);
+                        self.accept(now, heartbeat);
                     }
                 }
                 _ = sleep_until(wakeup) => {}
             }
-            self.flush_pending(false);
         }
         self.shutdown(rx).await
     }
 
-    /// Takes a heartbeat from the channel into memory, or towards the spool when the
-    /// memory is full or the spool is not drained yet (so order is kept).
-    fn accept(&mut self, heartbeat: Heartbeat) {
-        let spooling = self.own.is_some() || !self.pending.is_empty();
-        if spooling || self.memory_rows() >= self.config.memory_rows {
-            if !spooling {
-                tracing::warn!(
-                    buffered = self.memory_rows(),
-                    dir = %self.config.spool_dir.display(),
-                    "heartbeat memory buffer full; spooling heartbeats to disk until Postgres catches up"
-                );
+    /// Takes a heartbeat into memory; when memory is full, spools it first, and when
+    /// the spool cannot take it either, loses the heartbeat (counted).
+    fn accept(&mut self, now: Instant, heartbeat: Heartbeat) {
+        if self.rows_at_risk() >= self.config.memory_rows {
+            self.spool_memory(now);
+            if self.rows_at_risk() >= self.config.memory_rows {
+                self.lose(1);
+                return;
             }
-            if self.pending.is_empty() {
-                self.pending_since = Some(Instant::now());
-            }
-            self.pending.push(heartbeat);
-        } else {
-            if self.memory.is_empty() {
-                self.memory_since = Some(Instant::now());
-            }
-            self.memory.push_back(heartbeat);
+        }
+        self.memory.push_back((now, heartbeat));
+    }
+
+    fn lose(&mut self, rows: u64) {
+        self.stats.buffered_rows.fetch_sub(rows, Ordering::Relaxed);
+        self.stats.dropped_rows.fetch_add(rows, Ordering::Relaxed);
+        if let Some(trouble) = &mut self.spool_trouble {
+            trouble.lost_rows += rows;
         }
     }
 
-    /// Rows in memory, including a batch from memory in flight.
-    fn memory_rows(&self) -> usize {
-        let inflight: usize = self
-            .batches
+    /// Memory batches in flight whose rows exist nowhere else.
+    fn unspooled_batches(&self) -> impl Iterator<Item = &Batch> {
+        self.batches
             .values()
-            .filter(|b| matches!(b.source, Source::Memory))
-            .map(|b| b.rows.len())
-            .sum();
-        self.memory.len() + inflight
+            .filter(|b| matches!(b.source, Source::Memory) && !b.spooled)
     }
 
-    /// Writes pending rows to the own spool file when a batch is full or due.
-    fn flush_pending(&mut self, force: bool) {
-        if self.pending.is_empty() {
+    /// Heartbeats a crash would lose: in memory only, queued or in flight.
+    fn rows_at_risk(&self) -> usize {
+        self.memory.len()
+            + self
+                .unspooled_batches()
+                .map(|b| b.rows.len())
+                .sum::<usize>()
+    }
+
+    fn oldest_at_risk(&self) -> Option<Instant> {
+        self.unspooled_batches()
+            .map(|b| b.arrived)
+            .chain(self.memory.front().map(|(at, _)| *at))
+            .min()
+    }
+
+    /// The own spool holds rows not stored yet: new heartbeats queue behind them.
+    fn replaying_own(&self) -> bool {
+        self.own.as_ref().is_some_and(|f| !f.is_drained())
+    }
+
+    /// When heartbeats at risk must go to the spool: once the oldest has waited the
+    /// flush interval while Postgres stored nothing for as long.
+    fn spool_deadline(&self) -> Option<Instant> {
+        let interval = self.config.spool_flush_interval;
+        self.oldest_at_risk()
+            .map(|at| (at + interval).max(self.last_stored + interval))
+    }
+
+    /// Spools what must not wait in memory any longer: heartbeats past the
+    /// [`State::spool_deadline`], and, while the own spool is replayed (new rows queue
+    /// behind it anyway), every full batch.
+    fn spool_due(&mut self, now: Instant) {
+        let aged = self.spool_deadline().is_some_and(|at| now >= at);
+        let queued = self.replaying_own() && self.memory.len() >= self.config.batch_rows;
+        if aged || queued {
+            self.spool_memory(now);
+        }
+        if self.spool_trouble.is_some() && self.rows_at_risk() == 0 {
+            self.end_spool_trouble("nothing is left at risk: Postgres stored it");
+        }
+    }
+
+    /// Appends every heartbeat at risk to the own spool, oldest first: memory batches in
+    /// flight (they stay in flight: if the insert lands, the spooled copy is a harmless
+    /// duplicate), then memory. Stops at the first failure; while the spool is in
+    /// trouble, tries at most once per flush interval.
+    fn spool_memory(&mut self, now: Instant) {
+        if self
+            .spool_trouble
+            .as_ref()
+            .is_some_and(|t| now < t.retry_at)
+        {
             return;
         }
-        let due = self
-            .pending_since
-            .is_some_and(|t| t.elapsed() >= self.config.batch_delay);
-        if !(force || due || self.pending.len() >= self.config.batch_rows) {
-            return;
+        let mut in_flight: Vec<(u64, Id)> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| matches!(b.source, Source::Memory) && !b.spooled)
+            .map(|(id, b)| (b.seq, *id))
+            .collect();
+        in_flight.sort_unstable();
+        for (_, id) in in_flight {
+            let rows = self.batches[&id].rows.clone();
+            if !self.append_own(now, rows.iter()) {
+                return;
+            }
+            self.batches.get_mut(&id).expect("batch").spooled = true;
         }
+        while !self.memory.is_empty() {
+            // One batch per write: a nearly full disk still takes part of the memory.
+            let n = self.memory.len().min(self.config.batch_rows);
+            let memory = std::mem::take(&mut self.memory);
+            let written = self.append_own(now, memory.iter().take(n).map(|(_, h)| h));
+            self.memory = memory;
+            if !written {
+                return;
+            }
+            self.memory.drain(..n);
+        }
+    }
+
+    /// Appends `rows` to the own spool file (created on first use) and fsyncs them.
+    /// False if the disk refused them.
+    fn append_own<'a>(&mut self, now: Instant, rows: impl Iterator<Item = &'a Heartbeat>) -> bool {
         if self.own.is_none() {
             match SpoolFile::create(&self.config.spool_dir) {
-                Ok(own) => self.own = Some(own),
-                Err(err) => return self.spool_failed(err),
+                Ok(file) => self.own = Some(file),
+                Err(err) => {
+                    self.spool_failed(now, &err);
+                    return false;
+                }
             }
         }
-        let result = self.own.as_mut().expect("own").append(&self.pending);
-        match result {
+        match self.own.as_mut().expect("own").append(rows) {
             Ok((rows, bytes)) => {
-                self.pending.clear();
-                self.pending_since = None;
                 self.stats.buffered_rows.fetch_sub(rows, Ordering::Relaxed);
                 self.stats.spooled_rows.fetch_add(rows, Ordering::Relaxed);
                 self.stats.spool_bytes.fetch_add(bytes, Ordering::Relaxed);
-                self.spool_error_logged = false;
+                if !self.spooling_logged {
+                    tracing::warn!(
+                        dir = %self.config.spool_dir.display(),
+                        flush_interval_ms = self.config.spool_flush_interval.as_millis() as u64,
+                        "Postgres has not stored heartbeats in time; writing them to the spool until it catches up"
+                    );
+                    self.spooling_logged = true;
+                }
+                self.end_spool_trouble("the spool can be written again");
+                true
             }
-            Err(err) => self.spool_failed(err),
+            Err(err) => {
+                self.spool_failed(now, &err);
+                false
+            }
         }
     }
 
-    /// Keeps the pending rows in memory and tries again at the next batch.
-    fn spool_failed(&mut self, err: std::io::Error) {
-        if !self.spool_error_logged {
-            tracing::error!(
-                dir = %self.config.spool_dir.display(),
-                error = %err,
-                "cannot write the heartbeat spool; keeping heartbeats in memory"
-            );
-            self.spool_error_logged = true;
+    /// Starts (and logs) or extends a period of spool trouble.
+    fn spool_failed(&mut self, now: Instant, err: &std::io::Error) {
+        self.stats
+            .spool_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let retry_at = now + self.config.spool_flush_interval;
+        match &mut self.spool_trouble {
+            Some(trouble) => trouble.retry_at = retry_at,
+            None => {
+                tracing::error!(
+                    dir = %self.config.spool_dir.display(),
+                    error = %err,
+                    memory_rows = self.config.memory_rows,
+                    "cannot write the heartbeat spool; holding heartbeats in memory up to \
+                     memory_rows, later ones are lost until the spool can be written or \
+                     Postgres stores them"
+                );
+                self.spool_trouble = Some(SpoolTrouble {
+                    since: now,
+                    retry_at,
+                    lost_rows: 0,
+                });
+            }
         }
-        self.pending_since = Some(Instant::now());
+    }
+
+    /// Ends a period of spool trouble, saying how many heartbeats it cost.
+    fn end_spool_trouble(&mut self, why: &str) {
+        let Some(trouble) = self.spool_trouble.take() else {
+            return;
+        };
+        let lasted_s = trouble.since.elapsed().as_secs();
+        if trouble.lost_rows > 0 {
+            tracing::error!(
+                lost_rows = trouble.lost_rows,
+                lasted_s,
+                dir = %self.config.spool_dir.display(),
+                "heartbeats were lost while the spool could not be written and memory was full ({why})"
+            );
+        } else {
+            tracing::info!(
+                lasted_s,
+                "heartbeat spool trouble over, no heartbeat lost ({why})"
+            );
+        }
     }
 
     /// Starts inserts while some are due and the limits allow.
@@ -440,99 +628,138 @@ impl State {
         while self.start_insert(shutting_down) {}
     }
 
-    /// Starts the next insert if one is due; true if it did. Spool batches go one at a
-    /// time and alone (their offsets commit in order); memory batches up to
-    /// `max_inflight` at once, or one at a time while Postgres is failing.
-    fn start_insert(&mut self, shutting_down: bool) -> bool {
-        let in_flight = self.batches.len();
-        let spool_in_flight = self
-            .batches
-            .values()
-            .any(|b| !matches!(b.source, Source::Memory));
-        let limit = if self.stats.degraded.load(Ordering::Relaxed) {
+    /// Inserts in flight at once: `max_inflight` (pipelining hides commit latency), or
+    /// one while Postgres is failing (probing it, not piling up failures).
+    fn insert_limit(&self) -> usize {
+        if self.stats.degraded.load(Ordering::Relaxed) {
             1
         } else {
             self.config.max_inflight.max(1)
-        };
-        if spool_in_flight
-            || in_flight >= limit
+        }
+    }
+
+    fn spool_in_flight(&self) -> bool {
+        self.batches
+            .values()
+            .any(|b| !matches!(b.source, Source::Memory))
+    }
+
+    /// Starts the next insert if one is due; true if it did. Spool batches and memory
+    /// batches never fly together: a spool file's offset commits in order, and memory
+    /// waits behind the own spool anyway.
+    fn start_insert(&mut self, shutting_down: bool) -> bool {
+        if self.batches.len() >= self.insert_limit()
             || self.retry_at.is_some_and(|t| Instant::now() < t)
         {
             return false;
         }
         let retrying = self.retry_at.take().is_some();
-        if !shutting_down && in_flight == 0 {
-            while let Some(file) = self.backlog.front() {
-                if file.is_drained() {
-                    let file = self.backlog.pop_front().expect("front");
-                    self.remove_spool(file);
-                    continue;
-                }
-                match file.read_batch(self.config.batch_rows) {
-                    Ok((rows, offset, _skipped)) if rows.is_empty() => {
-                        self.backlog.front_mut().expect("front").commit(offset, 0);
-                    }
-                    Ok((rows, offset, _)) => {
-                        self.spawn_insert(Source::Backlog(offset), rows);
-                        return true;
-                    }
-                    Err(err) => {
-                        // Leave the file where it is for an operator; go on with the rest.
-                        let file = self.backlog.pop_front().expect("front");
-                        tracing::error!(file = %file.path().display(), error = %err,
-                            "cannot read a heartbeat spool file; leaving it in place");
-                    }
-                }
+        let memory_in_flight = self
+            .batches
+            .values()
+            .any(|b| matches!(b.source, Source::Memory));
+        if !shutting_down && !memory_in_flight {
+            if let Some(started) = self.start_spool_insert() {
+                return started;
             }
         }
-        if !self.memory.is_empty() {
-            let due = self
-                .memory_since
-                .is_some_and(|t| t.elapsed() >= self.config.batch_delay);
-            if shutting_down
-                || retrying
-                || due
-                || self.memory.len() >= self.config.batch_rows
-                || self.own.is_some()
-            {
-                let n = self.memory.len().min(self.config.batch_rows);
-                let rows: Vec<Heartbeat> = self.memory.drain(..n).collect();
-                if self.memory.is_empty() {
-                    self.memory_since = None;
-                }
-                self.spawn_insert(Source::Memory, rows);
-                return true;
-            }
+        if self.spool_in_flight() || (self.replaying_own() && !shutting_down) {
             return false;
         }
-        if shutting_down || in_flight > 0 {
+        self.retire_own();
+        let Some(&(arrived, _)) = self.memory.front() else {
+            return false;
+        };
+        let due = arrived.elapsed() >= self.config.batch_delay;
+        if !(shutting_down || retrying || due || self.memory.len() >= self.config.batch_rows) {
             return false;
         }
-        // Memory is empty: catch up with the own spool, pending rows included.
-        self.flush_pending(true);
-        if let Some(own) = &self.own {
-            if own.is_drained() {
-                let own = self.own.take().expect("own");
-                tracing::info!("heartbeat spool replayed; back to writing from memory");
-                self.remove_spool(own);
-                return false;
-            }
-            match own.read_batch(self.config.batch_rows) {
-                Ok((rows, offset, _)) if rows.is_empty() => {
-                    self.own.as_mut().expect("own").commit(offset, 0);
-                    return true;
-                }
-                Ok((rows, offset, _)) => {
-                    self.spawn_insert(Source::Own(offset), rows);
-                    return true;
-                }
-                Err(err) => tracing::error!(error = %err, "cannot read the heartbeat spool"),
-            }
-        }
-        false
+        let n = self.memory.len().min(self.config.batch_rows);
+        let rows: Vec<Heartbeat> = self.memory.drain(..n).map(|(_, h)| h).collect();
+        self.spawn_insert(Source::Memory, rows, arrived);
+        true
     }
 
-    fn spawn_insert(&mut self, source: Source, rows: Vec<Heartbeat>) {
+    /// Replays the spool: the oldest file of earlier processes first, then the own
+    /// file. `None` when no spool waits; otherwise whether an insert started.
+    fn start_spool_insert(&mut self) -> Option<bool> {
+        while let Some(file) = self.backlog.front() {
+            // A drained file has nothing in flight: every batch of it is committed.
+            if !file.is_drained() {
+                return Some(self.start_replay(Replay::Backlog));
+            }
+            let file = self.backlog.pop_front().expect("front");
+            self.remove_spool(file);
+        }
+        if self.replaying_own() {
+            return Some(self.start_replay(Replay::Own));
+        }
+        None
+    }
+
+    /// Hands out the next batch of a spool file for inserting, alongside the ones in
+    /// flight; true if an insert started (or unreadable lines were passed over).
+    fn start_replay(&mut self, which: Replay) -> bool {
+        let busy = self.batches.values().any(|b| which.is_source_of(b));
+        let file = match which {
+            Replay::Backlog => self.backlog.front_mut(),
+            Replay::Own => self.own.as_mut(),
+        }
+        .expect("a file to replay");
+        if !busy {
+            // Nothing in flight: read on from what is committed (after a failure, what
+            // was handed out after it is read again).
+            file.rewind();
+        }
+        if file.all_dispatched() {
+            return false;
+        }
+        match file.read_next(self.config.batch_rows) {
+            Ok((rows, start, end)) if rows.is_empty() => {
+                // Only unreadable lines: nothing to insert, step over them.
+                let (bytes, _) = file.land(start, end, 0);
+                self.stats.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                true
+            }
+            Ok((rows, start, end)) => {
+                let source = match which {
+                    Replay::Backlog => Source::Backlog(start, end),
+                    Replay::Own => Source::Own(start, end),
+                };
+                self.spawn_insert(source, rows, Instant::now());
+                true
+            }
+            // Leave the file once its batches in flight are back.
+            Err(_) if busy => false,
+            Err(err) => {
+                let file = match which {
+                    Replay::Backlog => self.backlog.pop_front(),
+                    Replay::Own => self.own.take(),
+                }
+                .expect("the file just read");
+                self.leave_spool(file, &err);
+                true
+            }
+        }
+    }
+
+    /// Deletes the own spool once everything in it is stored, unless the spool is in
+    /// trouble (then the empty file is reused by the next attempt).
+    fn retire_own(&mut self) {
+        let drained = self.own.as_ref().is_some_and(|f| f.is_drained());
+        let replaying = self.batches.values().any(|b| Replay::Own.is_source_of(b));
+        if !drained || replaying || self.spool_trouble.is_some() {
+            return;
+        }
+        let own = self.own.take().expect("own");
+        if self.spooling_logged {
+            tracing::info!("heartbeat spool replayed; back to writing from memory");
+            self.spooling_logged = false;
+        }
+        self.remove_spool(own);
+    }
+
+    fn spawn_insert(&mut self, source: Source, rows: Vec<Heartbeat>, arrived: Instant) {
         let rows = Arc::new(rows);
         let pool = self.pool.clone();
         let timeout = self.config.insert_timeout;
@@ -547,7 +774,18 @@ impl State {
                 Err(_) => Err(sqlx::Error::PoolTimedOut),
             }
         });
-        self.batches.insert(handle.id(), Batch { source, rows });
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.batches.insert(
+            handle.id(),
+            Batch {
+                source,
+                rows,
+                seq,
+                arrived,
+                spooled: false,
+            },
+        );
     }
 
     fn finish_insert(&mut self, (id, done): InsertDone) {
@@ -580,28 +818,28 @@ impl State {
                     self.keep_rejected(&inserted.rejected);
                 }
                 match inflight.source {
+                    // A spooled batch left memory when it was spooled.
+                    Source::Memory if inflight.spooled => {}
                     Source::Memory => {
                         stats.buffered_rows.fetch_sub(n, Ordering::Relaxed);
                     }
-                    Source::Backlog(offset) | Source::Own(offset) => {
+                    Source::Backlog(start, end) | Source::Own(start, end) => {
                         let file = match inflight.source {
-                            Source::Backlog(_) => self.backlog.front_mut(),
+                            Source::Backlog(..) => self.backlog.front_mut(),
                             _ => self.own.as_mut(),
                         };
                         if let Some(file) = file {
-                            let before = file.unread_bytes();
-                            file.commit(offset, n);
-                            stats
-                                .spool_bytes
-                                .fetch_sub(before - file.unread_bytes(), Ordering::Relaxed);
+                            let (bytes, rows) = file.land(start, end, n);
+                            stats.spool_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                            stats.spooled_rows.fetch_sub(rows, Ordering::Relaxed);
                         }
-                        stats.spooled_rows.fetch_sub(n, Ordering::Relaxed);
                     }
                 }
                 self.backoff = Duration::ZERO;
+                self.last_stored = Instant::now();
                 if self.stats.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!(
-                        buffered = self.memory_rows(),
+                        buffered = self.rows_at_risk(),
                         spooled = self.stats.spooled_rows.load(Ordering::Relaxed),
                         "Postgres is reachable again; storing buffered heartbeats"
                     );
@@ -612,10 +850,8 @@ impl State {
                 if !self.stats.degraded.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         error = %redact_error(&err),
-                        memory_rows = self.config.memory_rows,
                         spool_dir = %self.config.spool_dir.display(),
-                        "cannot store heartbeats in Postgres; keeping them in memory, then in \
-                         the spool, until it is back"
+                        "cannot store heartbeats in Postgres; spooling them until it is back"
                     );
                 } else {
                     tracing::debug!(error = %redact_error(&err), "heartbeat insert failed again");
@@ -659,8 +895,23 @@ impl State {
         );
     }
 
+    /// Forgets a spool file that cannot be read: it stays on disk for an operator (the
+    /// next start adopts it again), and the writer goes on with the rest.
+    fn leave_spool(&mut self, file: SpoolFile, err: &std::io::Error) {
+        tracing::error!(file = %file.path().display(), error = %err,
+            "cannot read a heartbeat spool file; leaving it in place");
+        self.uncount_spool(&file);
+    }
+
     fn remove_spool(&mut self, file: SpoolFile) {
+        self.uncount_spool(&file);
         let path = file.path().to_path_buf();
+        if let Err(err) = file.remove() {
+            tracing::warn!(file = %path.display(), error = %err, "cannot delete a replayed spool file");
+        }
+    }
+
+    fn uncount_spool(&self, file: &SpoolFile) {
         self.stats
             .spool_bytes
             .fetch_sub(file.unread_bytes(), Ordering::Relaxed);
@@ -668,38 +919,41 @@ impl State {
         self.stats
             .spooled_rows
             .fetch_sub(file.unread_rows(), Ordering::Relaxed);
-        if let Err(err) = file.remove() {
-            tracing::warn!(file = %path.display(), error = %err, "cannot delete a replayed spool file");
-        }
     }
 
     /// Puts a failed batch from memory back at the front of the memory buffer (spool
-    /// batches stay in their file: their offset was not committed).
+    /// batches stay in their file: their offset was not committed; a spooled memory
+    /// batch is in the spool already).
     fn requeue(&mut self, batch: Batch) {
-        if let Source::Memory = batch.source {
+        if matches!(batch.source, Source::Memory) && !batch.spooled {
             for row in batch.rows.iter().rev() {
-                self.memory.push_front(row.clone());
+                self.memory.push_front((batch.arrived, row.clone()));
             }
-            self.memory_since.get_or_insert_with(Instant::now);
         }
     }
 
+    /// The next moment something is due. Only deadlines that lead to work count: an
+    /// insert that the limits would not let start is not waited for (its in-flight
+    /// predecessor's completion wakes the loop instead), so the task never spins.
     fn next_wakeup(&self) -> Option<Instant> {
-        let mut wakeup: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                wakeup = Some(wakeup.map_or(t, |w| w.min(t)));
-            }
+        let spool_at = self.spool_deadline().map(|due| {
+            self.spool_trouble
+                .as_ref()
+                .map_or(due, |t| due.max(t.retry_at))
+        });
+        let insert_at = if self.batches.len() >= self.insert_limit() {
+            None
+        } else if let Some(retry_at) = self.retry_at {
+            Some(retry_at)
+        } else if self.replaying_own() || self.spool_in_flight() {
+            // Spool batches start as soon as the limits allow, not at a deadline.
+            None
+        } else {
+            self.memory
+                .front()
+                .map(|(at, _)| *at + self.config.batch_delay)
         };
-        consider(self.pending_since.map(|t| t + self.config.batch_delay));
-        if self.batches.len() < self.config.max_inflight {
-            if let Some(retry_at) = self.retry_at {
-                consider(Some(retry_at));
-            } else {
-                consider(self.memory_since.map(|t| t + self.config.batch_delay));
-            }
-        }
-        wakeup
+        spool_at.into_iter().chain(insert_at).min()
     }
 
     async fn shutdown(mut self, mut rx: mpsc::UnboundedReceiver<Heartbeat>) -> FlushSummary {
@@ -707,7 +961,7 @@ impl State {
         let deadline = started + self.config.shutdown_timeout;
         rx.close();
         while let Ok(heartbeat) = rx.try_recv() {
-            self.accept(heartbeat);
+            self.accept(started, heartbeat);
         }
         let inserted_before = self.stats.inserted_rows.load(Ordering::Relaxed)
             + self.stats.duplicate_rows.load(Ordering::Relaxed);
@@ -732,7 +986,9 @@ impl State {
                     // Too slow: the rows go to the spool. If an insert lands after all,
                     // replaying its rows later is harmless.
                     self.inflight.abort_all();
-                    let batches: Vec<Batch> = self.batches.drain().map(|(_, b)| b).collect();
+                    let mut batches: Vec<Batch> = self.batches.drain().map(|(_, b)| b).collect();
+                    // Newest first, each pushed to the front: memory ends up oldest first.
+                    batches.sort_unstable_by_key(|b| std::cmp::Reverse(b.seq));
                     for batch in batches {
                         self.requeue(batch);
                     }
@@ -743,18 +999,25 @@ impl State {
         let flushed_rows = self.stats.inserted_rows.load(Ordering::Relaxed)
             + self.stats.duplicate_rows.load(Ordering::Relaxed)
             - inserted_before;
-        // Everything left in memory goes to the spool, older rows first.
-        let mut rest: Vec<Heartbeat> = self.memory.drain(..).collect();
-        let spooled_rows = (rest.len() + self.pending.len()) as u64;
-        rest.append(&mut self.pending);
-        self.pending = rest;
-        self.flush_pending(true);
-        if !self.pending.is_empty() {
+        // Everything left in memory goes to the spool, whatever the disk said before.
+        let spooled_before = self.stats.spooled_rows.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if let Some(trouble) = &mut self.spool_trouble {
+            trouble.retry_at = now;
+        }
+        self.spool_memory(now);
+        let spooled_rows = self.stats.spooled_rows.load(Ordering::Relaxed) - spooled_before;
+        let lost_rows = self.memory.len() as u64;
+        if lost_rows > 0 {
+            self.memory.clear();
+            self.lose(lost_rows);
             tracing::error!(
-                rows = self.pending.len(),
+                rows = lost_rows,
+                dir = %self.config.spool_dir.display(),
                 "cannot spool heartbeats at shutdown; they are lost"
             );
         }
+        self.end_spool_trouble("shutting down");
         let mut spool_files: Vec<PathBuf> = self
             .backlog
             .iter()
@@ -779,6 +1042,7 @@ impl State {
         FlushSummary {
             flushed_rows,
             spooled_rows,
+            lost_rows,
             spool_files,
             rows_left_in_spool: rows_left,
             elapsed: started.elapsed(),
