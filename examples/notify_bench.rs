@@ -50,13 +50,41 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The benchmark measures delivery, not the rate limit.
-async fn unlimited(pool: &sqlx::PgPool, channel: i32) -> anyhow::Result<()> {
+/// `count` monitors on a schedule of `interval_seconds`, in every datacenter.
+async fn seed_monitors(
+    pool: &sqlx::PgPool,
+    count: usize,
+    interval_seconds: i32,
+) -> anyhow::Result<Vec<i32>> {
+    Ok(sqlx::query_scalar(
+        "WITH s AS (INSERT INTO schedules (name, interval_seconds, timeout_ms) VALUES ($2 || 's', $2, $2 * 500) RETURNING id) \
+         INSERT INTO api_monitors (name, url, schedule_id, all_datacenters) \
+         SELECT 'm' || g, 'https://m' || g || '.example/', s.id, true FROM s, generate_series(1, $1) g RETURNING id",
+    )
+    .bind(count as i32)
+    .bind(interval_seconds)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A receiver answering in 50 ms, and a webhook channel `name` routed every incident
+/// to it, without a rate limit in the way (the benchmark measures delivery).
+async fn receiver_channel(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<Receiver> {
+    let receiver = Receiver::start().await;
+    receiver.respond_with(|_| (200, Duration::from_millis(50)));
+    let channel = webhook_channel(
+        pool,
+        name,
+        &receiver.url("/hook"),
+        &signature::new_secret(),
+        None,
+    )
+    .await;
     sqlx::query("UPDATE notification_channels SET rate_limit_per_minute = 1000000 WHERE id = $1")
         .bind(channel)
         .execute(pool)
         .await?;
-    Ok(())
+    Ok(receiver)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -87,26 +115,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    let monitors: Vec<i32> = sqlx::query_scalar(
-        "WITH s AS (INSERT INTO schedules (name, interval_seconds, timeout_ms) VALUES ('10s', 10, 5000) RETURNING id) \
-         INSERT INTO api_monitors (name, url, schedule_id, all_datacenters) \
-         SELECT 'm' || g, 'https://m' || g || '.example/', s.id, true FROM s, generate_series(1, $1) g RETURNING id",
-    )
-    .bind((count + samples) as i32)
-    .fetch_all(&pool)
-    .await?;
+    let monitors = seed_monitors(&pool, count + samples, 10).await?;
 
-    let receiver = Receiver::start().await;
-    receiver.respond_with(|_| (200, Duration::from_millis(50)));
-    let channel = webhook_channel(
-        &pool,
-        "bench",
-        &receiver.url("/hook"),
-        &signature::new_secret(),
-        None,
-    )
-    .await;
-    unlimited(&pool, channel).await?;
+    let receiver = receiver_channel(&pool, "bench").await?;
 
     // 1. Throughput.
     let queue_started = Instant::now();
@@ -219,25 +230,8 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
         dcs.push(dc);
         agents.push(agent);
     }
-    let monitor_ids: Vec<i32> = sqlx::query_scalar(
-        "WITH s AS (INSERT INTO schedules (name, interval_seconds, timeout_ms) VALUES ('1s', 1, 500) RETURNING id) \
-         INSERT INTO api_monitors (name, url, schedule_id, all_datacenters) \
-         SELECT 'm' || g, 'https://m' || g || '.example/', s.id, true FROM s, generate_series(1, $1) g RETURNING id",
-    )
-    .bind(monitors as i32)
-    .fetch_all(&pool)
-    .await?;
-    let receiver = Receiver::start().await;
-    receiver.respond_with(|_| (200, Duration::from_millis(50)));
-    let channel = webhook_channel(
-        &pool,
-        "e2e",
-        &receiver.url("/hook"),
-        &signature::new_secret(),
-        None,
-    )
-    .await;
-    unlimited(&pool, channel).await?;
+    let monitor_ids = seed_monitors(&pool, monitors, 1).await?;
+    let receiver = receiver_channel(&pool, "e2e").await?;
 
     let shutdown = CancellationToken::new();
     let electors: Vec<Elector> = dcs
