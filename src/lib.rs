@@ -14,6 +14,7 @@ pub mod incidents;
 pub mod leadership;
 pub mod metrics;
 pub mod monitors;
+pub mod notify;
 pub mod probe;
 pub mod rollup;
 pub mod runner;

@@ -50,6 +50,11 @@ enum Command {
     Incidents(vantage::incidents::cli::IncidentsArgs),
     /// Maintenance windows: `add`, `list`, `end`.
     Maintenance(vantage::incidents::cli::MaintenanceArgs),
+    /// List the latest notifications, or only those given up (--failed).
+    Notifications(vantage::notify::cli::NotificationsArgs),
+    /// Notification channels: send a test message, make a webhook secret.
+    #[command(subcommand)]
+    Notify(vantage::notify::cli::NotifyCommand),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +96,14 @@ async fn main() -> ExitCode {
         Command::Maintenance(args) => {
             telemetry::init(cli.log_format, "warn");
             vantage::incidents::cli::maintenance(args).await
+        }
+        Command::Notifications(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::notify::cli::notifications(args).await
+        }
+        Command::Notify(command) => {
+            telemetry::init(cli.log_format, "info");
+            vantage::notify::cli::notify(command).await
         }
     };
     result.unwrap_or_else(|err| {

@@ -103,6 +103,13 @@ fn gauge_value(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    channel_kind: String,
+    /// sent, retry (failed, to be tried again) or failed (given up).
+    result: &'static str,
+}
+
 /// How a configuration reload ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -151,6 +158,7 @@ pub struct Metrics {
     /// Also serialises the copying at scrape time, so two scrapes cannot both add
     /// the same increment.
     sources: Mutex<Sources>,
+    notification_attempts: Family<NotificationLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -285,6 +293,12 @@ impl Metrics {
             "Heartbeats read by the incident evaluator",
             evaluated_heartbeats.clone(),
         );
+        let notification_attempts = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "vantage_notification_attempts",
+            "Notification delivery attempts, by channel kind and result (sent, retry, failed = given up)",
+            notification_attempts.clone(),
+        );
 
         Arc::new(Metrics {
             registry,
@@ -308,6 +322,7 @@ impl Metrics {
             evaluation_duration,
             evaluated_heartbeats,
             sources: Mutex::default(),
+            notification_attempts,
         })
     }
 
@@ -437,6 +452,16 @@ impl Metrics {
     pub fn observe_evaluation(&self, heartbeats: usize, took: Duration) {
         self.evaluation_duration.observe(took.as_secs_f64());
         self.evaluated_heartbeats.inc_by(heartbeats as u64);
+    }
+
+    /// A notification attempt ended: `result` is sent, retry or failed (given up).
+    pub fn notification_attempted(&self, channel_kind: &str, result: &'static str) {
+        self.notification_attempts
+            .get_or_create(&NotificationLabels {
+                channel_kind: channel_kind.to_string(),
+                result,
+            })
+            .inc();
     }
 
     /// The exposition, in OpenMetrics text format ([`CONTENT_TYPE`]).

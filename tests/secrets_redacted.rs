@@ -14,6 +14,9 @@ use support::pg::TestDb;
 const DB_PASSWORD: &str = "db-pa55word-never-logged";
 const BEARER: &str = "bearer-value-never-logged";
 const API_KEY: &str = "api-key-value-never-logged";
+// Notification channel secrets (delivered by the instance that leads the evaluator).
+const WEBHOOK_SECRET: &str = "whsec_d2ViaG9vay1zZWNyZXQtbmV2ZXItbG9nZ2Vk";
+const BOT_TOKEN: &str = "4242:bot-token-never-logged";
 
 /// `postgres://user@host/db` -> `postgres://user:PASSWORD@host/db`. The test cluster
 /// trusts loopback, so the password is accepted and never checked.
@@ -26,7 +29,7 @@ fn with_password(url: &str) -> String {
 }
 
 fn assert_clean(what: &str, text: &str) {
-    for secret in [DB_PASSWORD, BEARER, API_KEY] {
+    for secret in [DB_PASSWORD, BEARER, API_KEY, WEBHOOK_SECRET, BOT_TOKEN] {
         assert!(!text.contains(secret), "{what} leaks {secret:?}:\n{text}");
     }
 }
@@ -61,6 +64,22 @@ async fn passwords_and_secret_headers_never_reach_logs_status_or_metrics() {
         .unwrap();
         monitors.push(id);
     }
+
+    // Channels told about every incident, each failing (the target answers /fail with 500).
+    sqlx::query(
+        "WITH c AS (INSERT INTO notification_channels (name, kind, config) VALUES \
+             ('hook', 'webhook', jsonb_build_object('url', $1::text, 'secret', $2::text)), \
+             ('bot', 'telegram', jsonb_build_object('bot_token', $3::text, 'chat_id', 1, 'api_base', $4::text)) \
+             RETURNING id) \
+         INSERT INTO notification_routes (channel_id) SELECT id FROM c",
+    )
+    .bind(format!("http://{target}/fail"))
+    .bind(WEBHOOK_SECRET)
+    .bind(BOT_TOKEN)
+    .bind(format!("http://{target}/fail"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
 
     let mut instance = Instance::start(InstanceOptions {
         database_url: &with_password(&db.url),

@@ -175,8 +175,8 @@ async fn the_reader_cannot_read_notification_channel_secrets() {
         "CREATE TABLE IF NOT EXISTS notification_channels (
              id serial PRIMARY KEY, name text NOT NULL, kind text NOT NULL DEFAULT 'webhook',
              config jsonb NOT NULL DEFAULT '{}');
-         INSERT INTO notification_channels (name, config)
-         SELECT 'ops', '{\"url\": \"https://hooks.example.com/T0/B0/xyz\", \"secret\": \"whsec_abc\"}'
+         INSERT INTO notification_channels (name, kind, config)
+         SELECT 'ops', 'webhook', '{\"url\": \"https://hooks.example.com/T0/B0/xyz\", \"secret\": \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"}'
          WHERE NOT EXISTS (SELECT FROM notification_channels);",
     )
     .execute(&db.pool)

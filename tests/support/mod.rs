@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod disk;
 pub mod dns;
 pub mod http;
+pub mod notify;
 pub mod pg;
 pub mod proxy;
+pub mod smtp;
 pub mod tls;
