@@ -37,6 +37,7 @@ use crate::incidents::{self, EvaluatorConfig};
 use crate::leadership::{self, ElectionConfig, Elector, Leadership, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
+use crate::notify;
 use crate::probe::Prober;
 use crate::schedule::{CatchUpBound, DispatchGate, Fire, ScheduleEntry, Scheduler};
 use crate::storage::{self, HeartbeatSender, HeartbeatWriter, WriterConfig};
@@ -92,6 +93,9 @@ pub struct RunArgs {
     /// before it ends the leader's database session and takes over.
     #[arg(long, env = "VANTAGE_LEADER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub leader_lease: Duration,
+    /// Notification delivery, on the instance that leads the incident evaluator.
+    #[command(flatten)]
+    pub notify: notify::NotifyArgs,
 }
 
 fn parse_writer_memory_rows(text: &str) -> Result<usize, String> {
@@ -303,6 +307,17 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         metrics.clone(),
         shutdown.clone(),
     );
+    // Notifications go out from the evaluator's instance too: the outbox rows it (or an
+    // acknowledgement) writes are delivered where the incidents are decided.
+    let notifier = notify::spawn(
+        pool.clone(),
+        evaluator_elector.subscribe(),
+        args.notify
+            .config()
+            .context("setting up notification delivery")?,
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let monitor_set = monitors::watch_monitors(
         pool.clone(),
@@ -389,7 +404,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let flushed = writer.shutdown().await;
     tracing::info!(?flushed, "heartbeat writer stopped");
     let teardown = async {
-        let _ = tokio::join!(liveness, housekeeping, endpoints, evaluator);
+        let _ = tokio::join!(liveness, housekeeping, endpoints, evaluator, notifier);
         tokio::join!(pool.close(), maintenance_pool.close());
     };
     if tokio::time::timeout(SHUTDOWN_TEARDOWN, teardown)

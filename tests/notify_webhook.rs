@@ -42,12 +42,13 @@ struct Worker {
 
 impl Worker {
     async fn start(db: &TestDb, datacenter: i32, config: NotifyConfig) -> Worker {
-        let agent_id = agent::register(
+        let agent_id = agent::Registration::start(
             &db.pool,
-            &AgentIdentity::of_this_process(datacenter, Some("evaluator-a".into())),
+            AgentIdentity::of_this_process(datacenter, Some("evaluator-a".into())),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id();
         let shutdown = CancellationToken::new();
         let options = db.url.parse().unwrap();
         let elector = Elector::start(

@@ -239,6 +239,9 @@ impl Evaluation {
         load_config(&pool, &mut state, now).await?;
         let config_loaded = started.elapsed();
         let mut tx = begin_snapshot(&pool).await?;
+        // On a young database the planner's estimates for the replay are far too high,
+        // and JIT compilation would take seconds for a query that runs in milliseconds.
+        sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
         let horizon = snapshot_horizon(&mut tx).await?;
         state.stored = load_stored_flags(&mut tx).await?;
         state.open = load_open_incidents(&mut tx).await?;

@@ -159,7 +159,7 @@ async fn deliver(datacenter: &str, url: &str, delivery: &NotifyArgs) -> anyhow::
         .await?
         .with_context(|| format!("no datacenter with code {datacenter:?} (VANTAGE_DATACENTER)"))?;
     let identity = AgentIdentity::of_this_process(datacenter_id, None);
-    let agent_id = agent::register(&pool, &identity).await?;
+    let agent_id = agent::Registration::start(&pool, identity).await?.id();
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
