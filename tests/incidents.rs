@@ -152,23 +152,45 @@ async fn evaluator(pool: &PgPool) -> String {
     .await
 }
 
-#[tokio::test]
-async fn a_target_down_everywhere_opens_one_incident_and_resolves_it_once() {
+/// The common scene: three datacenters with one instance each, all probing the monitor
+/// "shop" (the target's `/health`) every second, each having stored `beats` heartbeats.
+struct Scene {
+    db: TestDb,
+    target: Target,
+    dcs: Vec<i32>,
+    monitor: i32,
+    instances: Vec<Instance>,
+}
+
+async fn shop_everywhere(beats: i64) -> Scene {
     let db = TestDb::fresh().await;
     let target = Target::start().await;
     let dcs = seed_datacenters(&db.pool, &DATACENTERS).await;
-    let monitor = seed_monitor(
-        &db.pool,
-        "shop",
-        &format!("http://{}/health", target.addr),
-        1,
-    )
-    .await;
-    let _instances: Vec<Instance> = DATACENTERS
+    let url = format!("http://{}/health", target.addr);
+    let monitor = seed_monitor(&db.pool, "shop", &url, 1).await;
+    let instances = DATACENTERS
         .iter()
         .map(|dc| start(&db, dc, &format!("{dc}-1"), Vec::new()))
         .collect();
-    wait_for_beats_everywhere(&db.pool, monitor, 3).await;
+    wait_for_beats_everywhere(&db.pool, monitor, beats).await;
+    Scene {
+        db,
+        target,
+        dcs,
+        monitor,
+        instances,
+    }
+}
+
+#[tokio::test]
+async fn a_target_down_everywhere_opens_one_incident_and_resolves_it_once() {
+    let Scene {
+        db,
+        target,
+        dcs,
+        monitor,
+        instances: _instances,
+    } = shop_everywhere(3).await;
     assert!(incidents(&db.pool).await.is_empty(), "all up: no incident");
 
     target.set_healthy(false);
@@ -310,21 +332,13 @@ async fn one_datacenter_losing_its_path_is_impaired_not_the_targets() {
 
 #[tokio::test]
 async fn a_datacenter_without_leaders_is_impaired_and_its_silence_is_no_failure() {
-    let db = TestDb::fresh().await;
-    let target = Target::start().await;
-    let dcs = seed_datacenters(&db.pool, &DATACENTERS).await;
-    let monitor = seed_monitor(
-        &db.pool,
-        "shop",
-        &format!("http://{}/health", target.addr),
-        1,
-    )
-    .await;
-    let mut instances: Vec<Instance> = DATACENTERS
-        .iter()
-        .map(|dc| start(&db, dc, &format!("{dc}-1"), Vec::new()))
-        .collect();
-    wait_for_beats_everywhere(&db.pool, monitor, 3).await;
+    let Scene {
+        db,
+        target,
+        dcs,
+        mut instances,
+        ..
+    } = shop_everywhere(3).await;
 
     let lon = instances.pop().unwrap();
     lon.signal(libc::SIGKILL);
@@ -362,21 +376,12 @@ async fn a_datacenter_without_leaders_is_impaired_and_its_silence_is_no_failure(
 
 #[tokio::test]
 async fn the_evaluator_killed_while_failing_and_while_recovering_loses_and_repeats_nothing() {
-    let db = TestDb::fresh().await;
-    let target = Target::start().await;
-    seed_datacenters(&db.pool, &DATACENTERS).await;
-    let monitor = seed_monitor(
-        &db.pool,
-        "shop",
-        &format!("http://{}/health", target.addr),
-        1,
-    )
-    .await;
-    let mut instances: Vec<Instance> = DATACENTERS
-        .iter()
-        .map(|dc| start(&db, dc, &format!("{dc}-1"), Vec::new()))
-        .collect();
-    wait_for_beats_everywhere(&db.pool, monitor, 3).await;
+    let Scene {
+        db,
+        target,
+        mut instances,
+        ..
+    } = shop_everywhere(3).await;
 
     // Kill the evaluator the moment the target fails, and bring its instance back the
     // way a container restarts: same datacenter, same name.
@@ -432,21 +437,13 @@ async fn the_evaluator_killed_while_failing_and_while_recovering_loses_and_repea
 
 #[tokio::test]
 async fn maintenance_and_acknowledgement_from_the_command_line() {
-    let db = TestDb::fresh().await;
-    let target = Target::start().await;
-    seed_datacenters(&db.pool, &DATACENTERS).await;
-    let shop = seed_monitor(
-        &db.pool,
-        "shop",
-        &format!("http://{}/health", target.addr),
-        1,
-    )
-    .await;
-    let _instances: Vec<Instance> = DATACENTERS
-        .iter()
-        .map(|dc| start(&db, dc, &format!("{dc}-1"), Vec::new()))
-        .collect();
-    wait_for_beats_everywhere(&db.pool, shop, 2).await;
+    let Scene {
+        db,
+        target,
+        monitor: shop,
+        instances: _instances,
+        ..
+    } = shop_everywhere(2).await;
 
     let added = vantage(
         &db.url,
