@@ -299,6 +299,21 @@ async fn summary(pool: &PgPool, datacenters: &[String]) -> Result<String, sqlx::
             "(no heartbeats yet: the first probes run at their next slot)"
         );
     }
+    // What the evaluator decided from all of that (offline, the public monitors fail
+    // everywhere, so they show up here: that is the system working).
+    let open: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, kind, cause FROM incidents WHERE resolved_at IS NULL ORDER BY opened_at",
+    )
+    .fetch_all(pool)
+    .await?;
+    let _ = writeln!(
+        out,
+        "\nOpen incidents ({}; `vantage incidents` for more):",
+        open.len()
+    );
+    for (id, kind, cause) in &open {
+        let _ = writeln!(out, "  #{id:<4} {kind:<20} {}", truncate(cause, 90));
+    }
     let _ = writeln!(out, "\nAll times in ms. Ctrl-C stops everything.");
     Ok(out)
 }
