@@ -46,7 +46,10 @@ async fn a_postgres_restart_under_a_running_leader_loses_no_heartbeat() {
     let pool = cluster.pool(&db.name).await;
 
     leader
-        .wait_for_log(&["acquired leadership"], Duration::from_secs(30))
+        .wait_for_log(
+            &["acquired leadership", "\"scope\":\"datacenter:"],
+            Duration::from_secs(30),
+        )
         .await;
     let (_, new_term) = eventually(
         "leadership re-established",
@@ -90,7 +93,10 @@ async fn a_leader_cut_off_from_postgres_stops_and_a_standby_takes_over() {
         extra_env: vec![("VANTAGE_DB_OUTAGE_GRACE", "3s".to_string())],
     });
     leader
-        .wait_for_log(&["acquired leadership"], Duration::from_secs(30))
+        .wait_for_log(
+            &["acquired leadership", "\"scope\":\"datacenter:"],
+            Duration::from_secs(30),
+        )
         .await;
     let standby = Instance::start(InstanceOptions {
         database_url: &db.url,

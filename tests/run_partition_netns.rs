@@ -56,7 +56,10 @@ async fn a_partitioned_leader_fences_and_postgres_releases_its_lock_by_keepalive
         },
     );
     leader
-        .wait_for_log(&["acquired leadership"], Duration::from_secs(30))
+        .wait_for_log(
+            &["acquired leadership", "\"scope\":\"datacenter:"],
+            Duration::from_secs(30),
+        )
         .await;
     let old_agent = agent_id_of(&db.pool, "va-netns").await;
     eventually(
