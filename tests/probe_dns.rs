@@ -8,29 +8,18 @@ use std::time::Duration;
 
 use support::dns::DnsServer;
 use support::http::TestServer;
+use support::probe::{probe_with as probe, spec};
 use support::tls::{server_config, TestCa};
-use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
-use vantage::{ErrorKind, ProbeReport, ProbeStatus};
+use vantage::probe::{HttpMonitor, Prober};
+use vantage::{ErrorKind, ProbeStatus};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
-
-fn spec(url: &str) -> HttpMonitorSpec {
-    HttpMonitorSpec {
-        url: url.to_string(),
-        timeout: Duration::from_secs(5),
-        ..HttpMonitorSpec::default()
-    }
-}
 
 fn prober_using(dns: &DnsServer) -> Prober {
     Prober::builder()
         .dns_servers(vec![dns.addr])
         .build()
         .unwrap()
-}
-
-async fn probe(prober: &Prober, spec: HttpMonitorSpec) -> ProbeReport {
-    prober.probe(&HttpMonitor::new(spec).unwrap()).await
 }
 
 /// Also the "any" family (the default) with an empty AAAA answer: the A record must

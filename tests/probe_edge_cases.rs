@@ -30,26 +30,13 @@ use support::cluster::{eventually, seed_datacenters, Instance, InstanceOptions};
 use support::dns::DnsServer;
 use support::http::TestServer;
 use support::pg::TestDb;
+use support::probe::{probe_with as probe, spec, H2_AND_H1};
 use support::tls::{server_config, Identity, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use vantage::probe::redirect_policy::is_public;
-use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
-use vantage::{ErrorKind, ProbeReport, ProbeStatus};
-
-const H2_AND_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
-
-fn spec(url: &str) -> HttpMonitorSpec {
-    HttpMonitorSpec {
-        url: url.to_string(),
-        timeout: Duration::from_secs(5),
-        ..HttpMonitorSpec::default()
-    }
-}
-
-async fn probe(prober: &Prober, spec: HttpMonitorSpec) -> ProbeReport {
-    prober.probe(&HttpMonitor::new(spec).unwrap()).await
-}
+use vantage::probe::Prober;
+use vantage::{ErrorKind, ProbeStatus};
 
 fn plain() -> Prober {
     Prober::builder().build().unwrap()

@@ -7,23 +7,15 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::http::{refused_addr, BlackHole, TestServer};
+use support::probe::{probe_with, spec};
 use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
 use vantage::{ErrorKind, ProbeReport, ProbeStatus};
 
 /// Slack for upper bounds on a busy 2-core machine running debug builds.
 const SLACK_MS: f64 = 60.0;
 
-fn spec(url: &str) -> HttpMonitorSpec {
-    HttpMonitorSpec {
-        url: url.to_string(),
-        timeout: Duration::from_secs(5),
-        ..HttpMonitorSpec::default()
-    }
-}
-
 async fn probe(spec: HttpMonitorSpec) -> ProbeReport {
-    let prober = Prober::builder().build().unwrap();
-    prober.probe(&HttpMonitor::new(spec).unwrap()).await
+    probe_with(&Prober::builder().build().unwrap(), spec).await
 }
 
 #[tokio::test]

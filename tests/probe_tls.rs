@@ -8,23 +8,10 @@ mod support;
 use std::time::Duration;
 
 use support::http::TestServer;
+use support::probe::{probe_with, spec, H2_AND_H1};
 use support::tls::{self_signed, server_config, Identity, TestCa};
-use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
+use vantage::probe::Prober;
 use vantage::{ErrorKind, ProbeReport, ProbeStatus};
-
-const H2_AND_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
-
-fn spec(url: &str) -> HttpMonitorSpec {
-    HttpMonitorSpec {
-        url: url.to_string(),
-        timeout: Duration::from_secs(5),
-        ..HttpMonitorSpec::default()
-    }
-}
-
-async fn probe_with(prober: &Prober, spec: HttpMonitorSpec) -> ProbeReport {
-    prober.probe(&HttpMonitor::new(spec).unwrap()).await
-}
 
 fn trusting(ca: &TestCa) -> Prober {
     Prober::builder()

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http;
 pub mod notify;
 pub mod pg;
+pub mod probe;
 pub mod proxy;
 pub mod smtp;
 pub mod tls;

@@ -1,0 +1,24 @@
+//! How the probe tests build a monitor and run it: one spec shape and one call, so the
+//! tests differ only in what they probe.
+
+use std::time::Duration;
+
+use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
+use vantage::ProbeReport;
+
+/// ALPN of a server that speaks both HTTP versions, as public servers do.
+pub const H2_AND_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A GET of `url` with a 5 s deadline and every other setting at its default.
+pub fn spec(url: &str) -> HttpMonitorSpec {
+    HttpMonitorSpec {
+        url: url.to_string(),
+        timeout: Duration::from_secs(5),
+        ..HttpMonitorSpec::default()
+    }
+}
+
+/// Validates `spec` (it must be valid) and probes it once with `prober`.
+pub async fn probe_with(prober: &Prober, spec: HttpMonitorSpec) -> ProbeReport {
+    prober.probe(&HttpMonitor::new(spec).unwrap()).await
+}
