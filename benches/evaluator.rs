@@ -102,7 +102,7 @@ impl EvaluatorThread {
     }
 
     fn cpu(&self) -> Duration {
-        task_cpu(std::process::id() as i32, Some(self.tid))
+        support::cpu_time(std::process::id(), Some(self.tid))
     }
 
     fn evaluating(&self) -> bool {
@@ -129,22 +129,6 @@ impl EvaluatorThread {
     }
 }
 
-/// utime + stime of a process, or of one of its threads.
-fn task_cpu(pid: i32, tid: Option<i32>) -> Duration {
-    let path = match tid {
-        Some(tid) => format!("/proc/{pid}/task/{tid}/stat"),
-        None => format!("/proc/{pid}/stat"),
-    };
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return Duration::ZERO;
-    };
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 /// CPU of the Postgres backends serving the evaluator's sessions.
 async fn evaluator_backends_cpu(pool: &PgPool) -> Duration {
     let pids: Vec<i32> = sqlx::query_scalar(
@@ -154,29 +138,13 @@ async fn evaluator_backends_cpu(pool: &PgPool) -> Duration {
     .fetch_all(pool)
     .await
     .unwrap();
-    pids.into_iter().map(|pid| task_cpu(pid, None)).sum()
+    pids.into_iter()
+        .map(|pid| support::cpu_time(pid as u32, None))
+        .sum()
 }
 
-async fn seed(pool: &PgPool, monitors: usize) -> (Vec<i32>, Vec<i64>) {
-    let mut dcs = Vec::new();
-    let mut agents = Vec::new();
-    for i in 0..DATACENTERS {
-        let dc: i32 =
-            sqlx::query_scalar("INSERT INTO datacenters (code, name) VALUES ($1, $1) RETURNING id")
-                .bind(format!("dc{i}"))
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        let agent: i64 = sqlx::query_scalar(
-            "INSERT INTO agents (datacenter_id, instance_name) VALUES ($1, 'bench') RETURNING id",
-        )
-        .bind(dc)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        dcs.push(dc);
-        agents.push(agent);
-    }
+/// One 10 s schedule and `monitors` monitors on it, everywhere.
+async fn seed_monitors(pool: &PgPool, monitors: usize) {
     sqlx::query(
         "INSERT INTO schedules (name, interval_seconds, timeout_ms) VALUES ('every-10s', 10, 5000)",
     )
@@ -192,7 +160,6 @@ async fn seed(pool: &PgPool, monitors: usize) -> (Vec<i32>, Vec<i64>) {
     .execute(pool)
     .await
     .unwrap();
-    (dcs, agents)
 }
 
 /// Stores one second's heartbeats: every monitor whose slot falls in this second, in
@@ -264,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(DATACENTERS as u32 + 2)
         .connect_with(options.clone())
         .await?;
-    let (dcs, agents) = seed(&pool, monitors).await;
+    seed_monitors(&pool, monitors).await;
     let monitor_ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM api_monitors ORDER BY id")
         .fetch_all(&pool)
         .await?;
@@ -275,16 +242,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Real leaders for every datacenter, so none is impaired.
     let leaders = CancellationToken::new();
-    let electors: Vec<Elector> = dcs
-        .iter()
-        .zip(&agents)
-        .map(|(dc, agent)| {
-            Elector::start(
-                ElectionConfig::new(options.clone(), LeadershipScope::Datacenter(*dc), *agent),
-                leaders.clone(),
-            )
-        })
-        .collect();
+    let led = support::LedDatacenters::start(&pool, &options, DATACENTERS, &leaders).await?;
+    let (dcs, agents) = (&led.ids, &led.agents);
     let evaluator = EvaluatorThread::start(options.clone(), agents[0]);
     let standby = {
         // Bids from the start, as every instance does.
@@ -309,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
     };
     for _ in 0..2 * INTERVAL_S {
         tick(slot).await;
-        store_second(&pool, &dcs, &monitor_ids, slot, &|_| false).await;
+        store_second(&pool, dcs, &monitor_ids, slot, &|_| false).await;
         slot += chrono::Duration::seconds(1);
     }
 
@@ -331,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
         let round = (i / per_round) as i32;
         let in_first_half = i % per_round < per_round / 2;
         let down = move |m: i32| in_first_half && m > round * failing && m <= (round + 1) * failing;
-        let at = store_second(&pool, &dcs, &monitor_ids, slot, &down).await;
+        let at = store_second(&pool, dcs, &monitor_ids, slot, &down).await;
         let second = slot.timestamp().rem_euclid(INTERVAL_S) as i32;
         for m in monitor_ids
             .iter()
@@ -412,8 +371,6 @@ async fn main() -> anyhow::Result<()> {
     );
     standby.crash();
     leaders.cancel();
-    for elector in electors {
-        elector.stopped().await;
-    }
+    led.stopped().await;
     Ok(())
 }

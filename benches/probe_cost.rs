@@ -21,6 +21,8 @@ mod http;
 #[path = "../tests/support/tls.rs"]
 mod tls;
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,7 +241,11 @@ async fn run(
     let tls_us = Arc::new(AtomicU64::new(0));
     let total_us = Arc::new(AtomicU64::new(0));
     let stop_at = duration.map(|d| Instant::now() + d);
-    let (client0, server0, wall0) = (self_cpu(), proc_cpu(server.id()), Instant::now());
+    let (client0, server0, wall0) = (
+        self_cpu(),
+        support::cpu_time(server.id(), None),
+        Instant::now(),
+    );
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (prober, monitor) = (prober.clone(), monitor.clone());
@@ -272,7 +278,7 @@ async fn run(
         failed: failed.load(Ordering::Relaxed),
         wall,
         client_cpu: self_cpu() - client0,
-        server_cpu: proc_cpu(server.id()).saturating_sub(server0),
+        server_cpu: support::cpu_time(server.id(), None).saturating_sub(server0),
         sum_tls_ms: tls_us.load(Ordering::Relaxed) as f64 / 1000.0,
         sum_total_ms: total_us.load(Ordering::Relaxed) as f64 / 1000.0,
     }
@@ -285,18 +291,6 @@ fn self_cpu() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// User + system CPU time of another process, from /proc (clock-tick resolution).
-fn proc_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// The server process: HTTPS target + DNS responder until stdin closes.

@@ -26,6 +26,8 @@
 #[allow(dead_code)]
 #[path = "../tests/support/notify.rs"]
 mod receiver;
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -213,37 +215,12 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
     let options: sqlx::postgres::PgConnectOptions = e2e_url.as_str().parse()?;
     let pool = vantage::storage::connect_with(options.clone()).await?;
     vantage::storage::migrate(&pool).await?;
-    let mut dcs = Vec::new();
-    let mut agents = Vec::new();
-    for i in 0..DATACENTERS {
-        let dc: i32 =
-            sqlx::query_scalar("INSERT INTO datacenters (code, name) VALUES ($1, $1) RETURNING id")
-                .bind(format!("dc{i}"))
-                .fetch_one(&pool)
-                .await?;
-        let agent: i64 = sqlx::query_scalar(
-            "INSERT INTO agents (datacenter_id, instance_name) VALUES ($1, 'bench') RETURNING id",
-        )
-        .bind(dc)
-        .fetch_one(&pool)
-        .await?;
-        dcs.push(dc);
-        agents.push(agent);
-    }
     let monitor_ids = seed_monitors(&pool, monitors, 1).await?;
     let receiver = receiver_channel(&pool, "e2e").await?;
 
     let shutdown = CancellationToken::new();
-    let electors: Vec<Elector> = dcs
-        .iter()
-        .zip(&agents)
-        .map(|(dc, agent)| {
-            Elector::start(
-                ElectionConfig::new(options.clone(), LeadershipScope::Datacenter(*dc), *agent),
-                shutdown.clone(),
-            )
-        })
-        .collect();
+    let led = support::LedDatacenters::start(&pool, &options, DATACENTERS, &shutdown).await?;
+    let (dcs, agents) = (&led.ids, &led.agents);
     let evaluator_elector = Elector::start(
         ElectionConfig::new(options.clone(), LeadershipScope::Evaluator, agents[0]),
         shutdown.clone(),
@@ -280,7 +257,7 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
             })
             .collect();
         let (mut m, mut d, mut s) = (Vec::new(), Vec::new(), Vec::new());
-        for dc in &dcs {
+        for dc in dcs {
             for (i, id) in monitor_ids.iter().enumerate() {
                 m.push(*id);
                 d.push(*dc);
@@ -338,9 +315,7 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
     );
     shutdown.cancel();
     let _ = tokio::join!(evaluator, notifier);
-    for elector in electors {
-        elector.stopped().await;
-    }
+    led.stopped().await;
     evaluator_elector.stopped().await;
     Ok(())
 }

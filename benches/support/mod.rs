@@ -1,6 +1,16 @@
-//! What the database benchmarks share: a PostgreSQL to measure against.
+//! What the benchmarks (and `examples/notify_bench`) share: a PostgreSQL to measure
+//! against, datacenters led by real electors, and CPU time read from `/proc`.
 
+// Each benchmark uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use vantage::embedded_postgres::EmbeddedPostgres;
+use vantage::leadership::{ElectionConfig, Elector, LeadershipScope};
 use vantage::storage;
 
 /// The database `name` on `DATABASE_URL`'s server when it is set, otherwise on a
@@ -42,4 +52,73 @@ pub async fn bench_database(name: &str) -> anyhow::Result<(Option<EmbeddedPostgr
     storage::migrate(&pool).await?;
     pool.close().await;
     Ok((cluster, url))
+}
+
+/// `count` datacenters (`dc0`, `dc1`, ...), each with a registered instance and a real
+/// elector holding its leadership lock until `shutdown`, so the evaluator sees every
+/// one of them led and none impaired.
+pub struct LedDatacenters {
+    pub ids: Vec<i32>,
+    pub agents: Vec<i64>,
+    pub electors: Vec<Elector>,
+}
+
+impl LedDatacenters {
+    pub async fn start(
+        pool: &PgPool,
+        options: &PgConnectOptions,
+        count: usize,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut led = Self {
+            ids: Vec::new(),
+            agents: Vec::new(),
+            electors: Vec::new(),
+        };
+        for i in 0..count {
+            let dc: i32 = sqlx::query_scalar(
+                "INSERT INTO datacenters (code, name) VALUES ($1, $1) RETURNING id",
+            )
+            .bind(format!("dc{i}"))
+            .fetch_one(pool)
+            .await?;
+            let agent: i64 = sqlx::query_scalar(
+                "INSERT INTO agents (datacenter_id, instance_name) VALUES ($1, 'bench') RETURNING id",
+            )
+            .bind(dc)
+            .fetch_one(pool)
+            .await?;
+            led.electors.push(Elector::start(
+                ElectionConfig::new(options.clone(), LeadershipScope::Datacenter(dc), agent),
+                shutdown.clone(),
+            ));
+            led.ids.push(dc);
+            led.agents.push(agent);
+        }
+        Ok(led)
+    }
+
+    /// Resigns every datacenter's leadership (after `shutdown` was cancelled).
+    pub async fn stopped(self) {
+        for elector in self.electors {
+            elector.stopped().await;
+        }
+    }
+}
+
+/// User + system CPU time of process `pid`, or of its thread `tid`, from `/proc`
+/// (clock-tick resolution); zero once it is gone.
+pub fn cpu_time(pid: u32, tid: Option<i32>) -> Duration {
+    let path = match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/stat"),
+        None => format!("/proc/{pid}/stat"),
+    };
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
