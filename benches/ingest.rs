@@ -51,6 +51,10 @@ fn heartbeat(i: u64) -> Heartbeat {
             error_kind: None,
             error_message: None,
             response_body: None,
+            content_type: None,
+            server: None,
+            response_headers: None,
+            details: None,
         },
     }
 }

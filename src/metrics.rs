@@ -499,6 +499,10 @@ mod tests {
             error_kind,
             error_message: None,
             response_body: None,
+            content_type: None,
+            server: None,
+            response_headers: None,
+            details: None,
         }
     }
 

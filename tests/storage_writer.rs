@@ -98,6 +98,10 @@ async fn every_column_round_trips() {
         error_kind: Some(ErrorKind::ConnectTimeout),
         error_message: Some("connect timed out after 5 s \u{0} (nul)".into()),
         response_body: Some("<html>é</html>".into()),
+        content_type: None,
+        server: None,
+        response_headers: None,
+        details: None,
     };
     let mut every_kind = Vec::new();
     for (i, kind) in ErrorKind::ALL.iter().enumerate() {
@@ -194,6 +198,10 @@ async fn read_heartbeat(pool: &PgPool, monitor_id: i32, datacenter_id: i32) -> H
             error_kind: kind.map(|k| *ErrorKind::ALL.iter().find(|e| e.as_str() == k).unwrap()),
             error_message: row.get("error_message"),
             response_body: row.get("response_body"),
+            content_type: None,
+            server: None,
+            response_headers: None,
+            details: None,
         },
     }
 }

@@ -611,6 +611,10 @@ fn report(
         error_kind,
         error_message,
         response_body,
+        content_type: None,
+        server: None,
+        response_headers: None,
+        details: None,
     }
 }
 

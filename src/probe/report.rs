@@ -90,10 +90,13 @@ pub enum ErrorKind {
     RedirectBlocked,
     /// The request could not be built (bad URL, header, method or redirect target).
     InvalidRequest,
+    /// One of the monitor's assertions (or a kind's own expectation: a TCP banner, DNS
+    /// answers) does not hold; the message names it and what was seen.
+    AssertionFailed,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         Self::DnsNxdomain,
         Self::DnsTimeout,
         Self::DnsError,
@@ -111,6 +114,7 @@ impl ErrorKind {
         Self::TooManyRedirects,
         Self::RedirectBlocked,
         Self::InvalidRequest,
+        Self::AssertionFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +136,7 @@ impl ErrorKind {
             Self::TooManyRedirects => "too_many_redirects",
             Self::RedirectBlocked => "redirect_blocked",
             Self::InvalidRequest => "invalid_request",
+            Self::AssertionFailed => "assertion_failed",
         }
     }
 }
@@ -174,6 +179,20 @@ pub struct ProbeReport {
     /// Only when the monitor asked for it, capped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
+    /// The final response's `Content-Type` (http).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The final response's `Server` header (http).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The response headers the monitor asked to keep (`capture_headers`), by
+    /// lower-case name, when the final response had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<std::collections::BTreeMap<String, String>>,
+    /// What only one kind measures (`api_heartbeats.details`): DNS `rcode` and
+    /// `answers`, a TCP `banner`, a TLS certificate's `subject`, `issuer`, `dns_names`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ProbeReport {

@@ -206,6 +206,10 @@ pub fn heartbeat(
             error_kind: None,
             error_message: None,
             response_body: None,
+            content_type: None,
+            server: None,
+            response_headers: None,
+            details: None,
         },
     }
 }
