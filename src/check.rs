@@ -1,5 +1,5 @@
 //! `vantage check URL`: probe one URL once, for people (a phase breakdown) and scripts
-//! (`--json`, exit codes). It turns flags into an [`HttpMonitorSpec`], runs one probe
+//! (`--json`, exit codes). It turns flags into an [`MonitorSpec`], runs one probe
 //! with a [`Prober`] configured from the environment, and prints the report.
 //!
 //! Exit codes: 0 the check succeeded (up, warning or critical), 1 it is down, 2 the
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::probe::{HttpMonitor, HttpMonitorSpec, ProbeReport, Prober};
+use crate::probe::{Monitor, MonitorSpec, ProbeReport, Prober};
 
 /// Exit code for an unusable command line (clap uses the same for its own errors).
 pub const EXIT_USAGE: u8 = 2;
@@ -118,7 +118,7 @@ fn prober_from_args(args: &CheckArgs) -> anyhow::Result<Prober> {
 }
 
 /// Builds the monitor, or says what is wrong with the command line.
-pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
+pub fn monitor_from_args(args: &CheckArgs) -> Result<Monitor, String> {
     let mut headers = Vec::with_capacity(args.headers.len());
     for raw in &args.headers {
         let Some((name, value)) = raw.split_once(':') else {
@@ -137,7 +137,7 @@ pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
         (None, Some(_)) => "POST".into(),
         (None, None) => "GET".into(),
     };
-    let spec = HttpMonitorSpec {
+    let spec = MonitorSpec {
         method,
         url: args.url.clone(),
         headers,
@@ -162,8 +162,9 @@ pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
         redirect_policy: args.redirect_policy.clone(),
         warning_ms: args.warning_ms,
         critical_ms: args.critical_ms,
+        ..MonitorSpec::default()
     };
-    HttpMonitor::new(spec).map_err(|err| err.to_string())
+    Monitor::new(spec).map_err(|err| err.to_string())
 }
 
 /// A byte count such as `1048576`, `512k`, `4MiB` or `1G` (suffixes are powers of 1024,
@@ -195,9 +196,12 @@ pub fn parse_byte_size(text: &str) -> Result<usize, String> {
 }
 
 /// The human report: where we went, each phase, the verdict.
-pub fn render(monitor: &HttpMonitor, report: &ProbeReport) -> String {
+pub fn render(monitor: &Monitor, report: &ProbeReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} {}", monitor.method(), monitor.redacted_url());
+    let _ = match monitor.method() {
+        Some(method) => writeln!(out, "{method} {}", monitor.redacted_target()),
+        None => writeln!(out, "{}", monitor.redacted_target()),
+    };
     for (name, value) in monitor.redacted_headers() {
         let _ = writeln!(out, "  > {name}: {value}");
     }

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, ReloadResult};
-use crate::probe::{HttpMonitor, HttpMonitorSpec};
+use crate::assertions::Assertions;
+use crate::probe::{Monitor, MonitorSpec};
 use crate::schedule::Cadence;
 use crate::storage;
 
@@ -37,7 +38,7 @@ pub struct RunnableMonitor {
     pub id: i32,
     pub name: String,
     pub cadence: Cadence,
-    pub http: HttpMonitor,
+    pub monitor: Monitor,
 }
 
 /// The current set, shared with the scheduler; replaced whole on every reload.
@@ -47,6 +48,7 @@ pub type MonitorSet = Arc<Vec<Arc<RunnableMonitor>>>;
 struct MonitorRow {
     id: i32,
     name: String,
+    kind: String,
     method: String,
     url: String,
     headers: Value,
@@ -66,6 +68,9 @@ struct MonitorRow {
     warning_threshold_ms: Option<i32>,
     critical_threshold_ms: Option<i32>,
     include_response_body: bool,
+    settings: Value,
+    assertions: Value,
+    capture_headers: Vec<String>,
 }
 
 /// Bytes of response body kept when a schedule asks for bodies.
@@ -87,7 +92,10 @@ impl MonitorRow {
                 .collect::<Result<Vec<_>, _>>()?,
             other => return Err(format!("headers must be a JSON object, found {other}")),
         };
-        let spec = HttpMonitorSpec {
+        let assertions =
+            Assertions::from_json(&self.assertions).map_err(|err| format!("assertions: {err}"))?;
+        let spec = MonitorSpec {
+            kind: self.kind.parse().map_err(|err| format!("{err}"))?,
             method: self.method,
             url: self.url,
             headers,
@@ -105,13 +113,16 @@ impl MonitorRow {
             redirect_policy: self.redirect_policy,
             warning_ms: self.warning_threshold_ms.map(|ms| ms as f64),
             critical_ms: self.critical_threshold_ms.map(|ms| ms as f64),
+            settings: self.settings,
+            assertions,
+            capture_headers: self.capture_headers,
         };
-        let http = HttpMonitor::new(spec).map_err(|err| err.to_string())?;
+        let monitor = Monitor::new(spec).map_err(|err| err.to_string())?;
         Ok(RunnableMonitor {
             id: self.id,
             name: self.name,
             cadence,
-            http,
+            monitor,
         })
     }
 }
@@ -123,10 +134,11 @@ pub async fn load(
     datacenter_id: i32,
 ) -> Result<(Vec<RunnableMonitor>, Vec<(i32, String, String)>), sqlx::Error> {
     let rows: Vec<MonitorRow> = sqlx::query_as(
-        "SELECT m.id, m.name, m.method, m.url, m.headers, m.secret_headers, m.body, \
+        "SELECT m.id, m.name, m.kind, m.method, m.url, m.headers, m.secret_headers, m.body, \
                 m.expected_status_codes, m.body_contains, m.follow_redirects, m.max_redirects, \
                 m.verify_tls, m.ip_family, m.max_body_bytes, m.redirect_policy, s.interval_seconds, s.cron, s.timeout_ms, \
-                s.warning_threshold_ms, s.critical_threshold_ms, s.include_response_body \
+                s.warning_threshold_ms, s.critical_threshold_ms, s.include_response_body, \
+                m.settings, m.assertions, m.capture_headers \
          FROM api_monitors m \
          JOIN schedules s ON s.id = m.schedule_id \
          JOIN monitor_assignments a ON a.monitor_id = m.id \

@@ -434,7 +434,7 @@ impl Probing {
         // The term under which this probe was dispatched: it may change mid-probe when a
         // leader re-takes its lock after an outage, and the heartbeat belongs to the old one.
         let leader_term = self.leadership.borrow().term();
-        let report = self.prober.probe(&fire.payload.http).await;
+        let report = self.prober.probe(&fire.payload.monitor).await;
         // A replayed slot's lag is the gap it fills, not the scheduler's punctuality.
         if !fire.catch_up {
             self.metrics.observe_lag(fire.lag);

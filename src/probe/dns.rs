@@ -12,7 +12,12 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 
-use super::{Failure, IpFamily};
+use rustls::pki_types::ServerName;
+use url::Host;
+
+use super::observation::Observation;
+use super::timings::Phase;
+use super::{Failure, IpFamily, Prober};
 use crate::probe::ErrorKind;
 
 /// Builds the shared resolver: `servers` when given (ip:port), else the system
@@ -67,6 +72,45 @@ pub fn parse_dns_servers(text: &str) -> Result<Vec<SocketAddr>, String> {
         return Err("no DNS server given".into());
     }
     Ok(out)
+}
+
+/// The addresses to connect to for `host`, and the name TLS verifies: an IP literal
+/// as it is (no DNS phase), a name looked up with the DNS phase timed.
+pub(crate) async fn resolve_host(
+    prober: &Prober,
+    host: Host<&str>,
+    family: IpFamily,
+    seen: &mut Observation,
+) -> Result<(Vec<IpAddr>, ServerName<'static>), Failure> {
+    match host {
+        Host::Ipv4(ip) => Ok((
+            vec![IpAddr::V4(ip)],
+            ServerName::IpAddress(IpAddr::V4(ip).into()),
+        )),
+        Host::Ipv6(ip) => Ok((
+            vec![IpAddr::V6(ip)],
+            ServerName::IpAddress(IpAddr::V6(ip).into()),
+        )),
+        Host::Domain(name) => {
+            let server_name = ServerName::try_from(name.trim_end_matches('.').to_string())
+                .map_err(|_| {
+                    Failure::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{name:?} is not a valid host name"),
+                    )
+                })?;
+            let fqdn = if name.ends_with('.') {
+                name.to_string()
+            } else {
+                format!("{name}.")
+            };
+            seen.phase = Phase::Dns;
+            seen.timings.hop().dns_start = Some(std::time::Instant::now());
+            let addrs = resolve(&prober.resolver, &fqdn, family).await?;
+            seen.timings.hop().dns_done = Some(std::time::Instant::now());
+            Ok((addrs, server_name))
+        }
+    }
 }
 
 /// Resolves `fqdn` (with its trailing dot) to the addresses to try, in order.

@@ -18,7 +18,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -28,7 +28,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::certificate::{forward_handshake_signatures, LeafFacts};
 use super::verified_chains::RememberingVerifier;
+use super::observation::Observation;
+use super::timings::Phase;
 use super::Failure;
 use crate::probe::ErrorKind;
 
@@ -85,14 +88,14 @@ impl TlsConfigs {
         })
     }
 
-    /// Runs the handshake; `leaf_not_after` receives the leaf's expiry whenever the
+    /// Runs the handshake; `leaf` receives the leaf certificate's facts whenever the
     /// server presented a parseable certificate, whatever the outcome.
     pub(crate) async fn handshake(
         &self,
         tcp: TcpStream,
         server_name: ServerName<'static>,
         verify: bool,
-        leaf_not_after: &Arc<Mutex<Option<DateTime<Utc>>>>,
+        leaf: &Arc<Mutex<Option<LeafFacts>>>,
     ) -> Result<TlsStream<TcpStream>, Failure> {
         let base = if verify {
             &self.verifying
@@ -109,13 +112,29 @@ impl TlsConfigs {
             .dangerous()
             .set_certificate_verifier(Arc::new(RecordingVerifier {
                 inner,
-                leaf_not_after: leaf_not_after.clone(),
+                leaf: leaf.clone(),
             }));
         let host = format!("{server_name:?}");
         TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
             .map_err(|err| classify(&host, err))
+    }
+
+    /// [`TlsConfigs::handshake`] as a probe's TLS phase: timed, with the negotiated
+    /// version and the leaf certificate recorded.
+    pub(crate) async fn handshake_timed(
+        &self,
+        tcp: TcpStream,
+        server_name: ServerName<'static>,
+        verify: bool,
+        seen: &mut Observation,
+    ) -> Result<TlsStream<TcpStream>, Failure> {
+        seen.phase = Phase::Tls;
+        let stream = self.handshake(tcp, server_name, verify, &seen.leaf).await?;
+        seen.timings.hop().tls_done = Some(std::time::Instant::now());
+        seen.tls_version = version_name(&stream);
+        Ok(stream)
     }
 }
 
@@ -337,40 +356,12 @@ fn signature_algorithm(algorithm_id: &[u8]) -> String {
     }
 }
 
-/// The part of [`ServerCertVerifier`] that wrappers about certificates leave alone:
-/// checking the server's handshake signature, handed on to the verifier in `$inner`.
-macro_rules! forward_handshake_signatures {
-    ($inner:ident) => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.$inner.verify_tls12_signature(message, cert, dss)
-        }
 
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.$inner.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.$inner.supported_verify_schemes()
-        }
-    };
-}
-pub(crate) use forward_handshake_signatures;
-
-/// Records the leaf's not-after, then lets `inner` decide.
+/// Records the leaf's facts, then lets `inner` decide.
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<dyn ServerCertVerifier>,
-    leaf_not_after: Arc<Mutex<Option<DateTime<Utc>>>>,
+    leaf: Arc<Mutex<Option<LeafFacts>>>,
 }
 
 impl ServerCertVerifier for RecordingVerifier {
@@ -382,11 +373,8 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(not_after) = leaf_not_after(end_entity) {
-            *self
-                .leaf_not_after
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(not_after);
+        if let Some(facts) = LeafFacts::read(end_entity) {
+            *self.leaf.lock().unwrap_or_else(|e| e.into_inner()) = Some(facts);
         }
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
@@ -443,21 +431,6 @@ impl ServerCertVerifier for AcceptAnything {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-fn leaf_not_after(der: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(validity(der)?.1, 0)
-}
-
-/// A certificate's not-before and not-after, in Unix seconds; `None` when it does not
-/// parse.
-pub(crate) fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let validity = cert.validity();
-    Some((
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    ))
 }
 
 /// `TLSv1.3` / `TLSv1.2`, as reported.
