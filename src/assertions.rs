@@ -5,7 +5,6 @@ use std::fmt;
 
 use crate::probe::ErrorKind;
 
-
 /// A set of acceptable status codes such as `200-299,301`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSet {
@@ -136,7 +135,9 @@ impl Assertions {
     }
 
     pub fn needs_body(&self) -> bool {
-        self.0.iter().any(|a| matches!(a, Assertion::BodyContains(_)))
+        self.0
+            .iter()
+            .any(|a| matches!(a, Assertion::BodyContains(_)))
     }
 
     pub fn needs_headers(&self) -> bool {
@@ -149,7 +150,9 @@ impl Assertions {
 
     pub fn check_applicable(&self, kind: &str) -> Result<(), InvalidAssertion> {
         if kind != "http" && !self.0.is_empty() {
-            return Err(InvalidAssertion(format!("needs an http monitor, not {kind}")));
+            return Err(InvalidAssertion(format!(
+                "needs an http monitor, not {kind}"
+            )));
         }
         Ok(())
     }

@@ -17,8 +17,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, ReloadResult};
 use crate::assertions::Assertions;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::probe::{Monitor, MonitorSpec};
 use crate::schedule::Cadence;
 use crate::storage;

@@ -31,9 +31,7 @@ impl LeafFacts {
                     .general_names
                     .iter()
                     .filter_map(|name| match name {
-                        x509_parser::extensions::GeneralName::DNSName(dns) => {
-                            Some(dns.to_string())
-                        }
+                        x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
                         _ => None,
                     })
                     .collect()

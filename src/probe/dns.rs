@@ -76,22 +76,23 @@ pub fn parse_dns_servers(text: &str) -> Result<Vec<SocketAddr>, String> {
 
 /// The addresses to connect to for `host`, and the name TLS verifies: an IP literal
 /// as it is (no DNS phase), a name looked up with the DNS phase timed.
-pub(crate) async fn resolve_host(
+pub(crate) async fn resolve_host<S: AsRef<str>>(
     prober: &Prober,
-    host: Host<&str>,
+    host: &Host<S>,
     family: IpFamily,
     seen: &mut Observation,
 ) -> Result<(Vec<IpAddr>, ServerName<'static>), Failure> {
     match host {
         Host::Ipv4(ip) => Ok((
-            vec![IpAddr::V4(ip)],
-            ServerName::IpAddress(IpAddr::V4(ip).into()),
+            vec![IpAddr::V4(*ip)],
+            ServerName::IpAddress(IpAddr::V4(*ip).into()),
         )),
         Host::Ipv6(ip) => Ok((
-            vec![IpAddr::V6(ip)],
-            ServerName::IpAddress(IpAddr::V6(ip).into()),
+            vec![IpAddr::V6(*ip)],
+            ServerName::IpAddress(IpAddr::V6(*ip).into()),
         )),
         Host::Domain(name) => {
+            let name = name.as_ref();
             let server_name = ServerName::try_from(name.trim_end_matches('.').to_string())
                 .map_err(|_| {
                     Failure::new(

@@ -87,7 +87,7 @@ pub(crate) async fn exchange(
             format!("{} has no host", redact_query(url.as_str())),
         ));
     };
-    let (addrs, server_name) = dns::resolve_host(prober, host, monitor.ip_family, seen).await?;
+    let (addrs, server_name) = dns::resolve_host(prober, &host, monitor.ip_family, seen).await?;
 
     // Checked on the addresses about to be connected, after DNS: a name that resolves
     // to an internal address is caught like an IP literal.

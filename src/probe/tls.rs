@@ -29,9 +29,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::certificate::{forward_handshake_signatures, LeafFacts};
-use super::verified_chains::RememberingVerifier;
 use super::observation::Observation;
 use super::timings::Phase;
+use super::verified_chains::RememberingVerifier;
 use super::Failure;
 use crate::probe::ErrorKind;
 
@@ -355,7 +355,6 @@ fn signature_algorithm(algorithm_id: &[u8]) -> String {
         "it is signed with an algorithm that is not accepted".into()
     }
 }
-
 
 /// Records the leaf's facts, then lets `inner` decide.
 #[derive(Debug)]

@@ -80,8 +80,12 @@ impl fmt::Debug for DnsTarget {
 impl DnsTarget {
     pub(crate) fn new(spec: &MonitorSpec) -> Result<DnsTarget, InvalidMonitor> {
         let example = "write e.g. dns://example.com?type=MX&server=192.0.2.53";
-        let url = Url::parse(spec.url.trim())
-            .map_err(|err| invalid("url", format!("{:?} is not a valid URL: {err}; {example}", spec.url)))?;
+        let url = Url::parse(spec.url.trim()).map_err(|err| {
+            invalid(
+                "url",
+                format!("{:?} is not a valid URL: {err}; {example}", spec.url),
+            )
+        })?;
         let name = url
             .host_str()
             .filter(|name| !name.is_empty())
@@ -132,7 +136,12 @@ impl DnsTarget {
             }
         }
         let settings: DnsSettings = settings_of(spec)?;
-        let expected = match settings.rcode.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        let expected = match settings
+            .rcode
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
             None | Some("NOERROR") => Expected::Answers,
             Some("NXDOMAIN") => Expected::NxDomain,
             Some(other) => {
@@ -212,7 +221,12 @@ pub(crate) async fn probe(
     judge(dns, name, rcode, &answers)
 }
 
-fn judge(dns: &DnsTarget, name: &str, rcode: ResponseCode, answers: &[String]) -> Result<(), Failure> {
+fn judge(
+    dns: &DnsTarget,
+    name: &str,
+    rcode: ResponseCode,
+    answers: &[String],
+) -> Result<(), Failure> {
     let rtype = dns.record_type;
     match (dns.expected, rcode) {
         (Expected::NxDomain, ResponseCode::NXDomain) => Ok(()),
@@ -245,7 +259,9 @@ fn judge(dns: &DnsTarget, name: &str, rcode: ResponseCode, answers: &[String]) -
             } else {
                 Err(Failure::new(
                     ErrorKind::AssertionFailed,
-                    format!("answers: expected {missing:?} among the {rtype} answers, got {answers:?}"),
+                    format!(
+                        "answers: expected {missing:?} among the {rtype} answers, got {answers:?}"
+                    ),
                 ))
             }
         }
@@ -281,11 +297,17 @@ mod tests {
         assert_eq!(ok.fqdn, "example.com.");
         assert_eq!(ok.server.as_ref().map(|(a, _)| a.port()), Some(5353));
         let err = DnsTarget::new(&spec("dns://example.com?type=PTR", json!({}))).unwrap_err();
-        assert!(err.to_string().contains("type=PTR is not supported"), "{err}");
+        assert!(
+            err.to_string().contains("type=PTR is not supported"),
+            "{err}"
+        );
         let err = DnsTarget::new(&spec("dns://example.com?srv=1.1.1.1", json!({}))).unwrap_err();
-        assert!(err.to_string().contains("unknown parameter \"srv\""), "{err}");
-        let err = DnsTarget::new(&spec("dns://example.com", json!({"rcode": "SERVFAIL"})))
-            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown parameter \"srv\""),
+            "{err}"
+        );
+        let err =
+            DnsTarget::new(&spec("dns://example.com", json!({"rcode": "SERVFAIL"}))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "settings: rcode \"SERVFAIL\" cannot be expected; use NOERROR or NXDOMAIN"

@@ -74,7 +74,10 @@ impl fmt::Debug for HttpTarget {
 }
 
 impl HttpTarget {
-    pub(crate) fn new(spec: &MonitorSpec, ip_family: IpFamily) -> Result<HttpTarget, InvalidMonitor> {
+    pub(crate) fn new(
+        spec: &MonitorSpec,
+        ip_family: IpFamily,
+    ) -> Result<HttpTarget, InvalidMonitor> {
         let method_text = spec.method.trim().to_ascii_uppercase();
         let method = Method::from_bytes(method_text.as_bytes()).map_err(|_| {
             invalid(
@@ -235,7 +238,6 @@ fn check_ip_family(url: &Url, family: IpFamily) -> Result<(), String> {
     }
 }
 
-
 /// The request of one hop; redirects change it.
 pub(crate) struct HopRequest {
     pub url: Url,
@@ -271,7 +273,8 @@ pub(crate) async fn probe(
             redirected: seen.redirect_count > 0,
             first_hop_public: &mut first_hop_public,
         };
-        let response = exchange::exchange(prober, monitor, http, seen, hop_seen, deadline, keep).await?;
+        let response =
+            exchange::exchange(prober, monitor, http, seen, hop_seen, deadline, keep).await?;
         let location = response
             .location
             .filter(|_| http.follow_redirects && is_redirect(response.status));
@@ -315,10 +318,7 @@ pub(crate) async fn probe(
         if seen.redirect_count >= http.max_redirects {
             return Err(Failure::new(
                 ErrorKind::TooManyRedirects,
-                format!(
-                    "more than {} redirects (next: {shown})",
-                    http.max_redirects
-                ),
+                format!("more than {} redirects (next: {shown})", http.max_redirects),
             ));
         }
         seen.redirect_count += 1;

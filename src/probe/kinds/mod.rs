@@ -14,7 +14,7 @@ pub(crate) mod tls;
 
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
-use url::Url;
+use url::{Host, Url};
 
 use super::monitor::{invalid, redact_query, Kind, MonitorSpec, DEFAULT_MAX_BODY_BYTES};
 use super::observation::Observation;
@@ -119,20 +119,16 @@ fn settings_of<T: DeserializeOwned>(spec: &MonitorSpec) -> Result<T, InvalidMoni
         serde_json::Value::Null => serde_json::Value::Object(Default::default()),
         other => other.clone(),
     };
-    serde_json::from_value(value).map_err(|err| {
-        invalid(
-            "settings",
-            format!("{err} (for a {} monitor)", spec.kind),
-        )
-    })
+    serde_json::from_value(value)
+        .map_err(|err| invalid("settings", format!("{err} (for a {} monitor)", spec.kind)))
 }
 
-/// A `scheme://host:port` target: the URL and its port.
+/// A `scheme://host:port` target: the URL, its host and its port.
 fn host_and_port(
     spec: &MonitorSpec,
     scheme: &str,
     example: &str,
-) -> Result<(Url, u16), InvalidMonitor> {
+) -> Result<(Url, Host, u16), InvalidMonitor> {
     let text = spec.url.trim();
     let url = Url::parse(text).map_err(|err| {
         invalid(
@@ -140,11 +136,28 @@ fn host_and_port(
             format!("{text:?} is not a valid {scheme} target: {err}; write e.g. {example}"),
         )
     })?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("url", format!("{text} has no host; write e.g. {example}")));
-    }
+    // Only http(s) URLs get their hosts parsed by `url` (others are opaque), so an
+    // IP literal is told from a name here.
+    let host = match url.host_str().filter(|h| !h.is_empty()).map(Host::parse) {
+        Some(Ok(host)) => host,
+        Some(Err(err)) => {
+            return Err(invalid(
+                "url",
+                format!("{text}: the host is not valid: {err}"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "url",
+                format!("{text} has no host; write e.g. {example}"),
+            ))
+        }
+    };
     let Some(port) = url.port() else {
-        return Err(invalid("url", format!("{text} has no port; write e.g. {example}")));
+        return Err(invalid(
+            "url",
+            format!("{text} has no port; write e.g. {example}"),
+        ));
     };
     if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
         return Err(invalid(
@@ -155,7 +168,7 @@ fn host_and_port(
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("url", "credentials in the URL are not supported"));
     }
-    Ok((url, port))
+    Ok((url, host, port))
 }
 
 /// Another kind sends no HTTP request: HTTP settings that differ from their defaults
@@ -168,7 +181,10 @@ fn no_http_request(spec: &MonitorSpec) -> Result<(), InvalidMonitor> {
         ("body", spec.body.is_some()),
         ("body_contains", spec.body_contains.is_some()),
         ("capture_headers", !spec.capture_headers.is_empty()),
-        ("max_body_bytes", spec.max_body_bytes != DEFAULT_MAX_BODY_BYTES),
+        (
+            "max_body_bytes",
+            spec.max_body_bytes != DEFAULT_MAX_BODY_BYTES,
+        ),
         (
             "redirect_policy",
             !matches!(spec.redirect_policy.trim(), "" | "safe"),
@@ -177,12 +193,18 @@ fn no_http_request(spec: &MonitorSpec) -> Result<(), InvalidMonitor> {
             "expected_status",
             !matches!(spec.expected_status.trim(), "" | "200-399"),
         ),
-        ("follow_redirects", spec.follow_redirects != defaults.follow_redirects),
+        (
+            "follow_redirects",
+            spec.follow_redirects != defaults.follow_redirects,
+        ),
     ];
     match set.iter().find(|(_, differs)| *differs) {
         Some((field, _)) => Err(invalid(
             field,
-            format!("a {} monitor sends no HTTP request; leave {field} at its default", spec.kind),
+            format!(
+                "a {} monitor sends no HTTP request; leave {field} at its default",
+                spec.kind
+            ),
         )),
         None => Ok(()),
     }

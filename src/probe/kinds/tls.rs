@@ -39,13 +39,14 @@ enum StartTls {
 #[derive(Debug, Clone)]
 pub(crate) struct TlsTarget {
     url: Url,
+    host: Host,
     port: u16,
     starttls: Option<StartTls>,
 }
 
 impl TlsTarget {
     pub(crate) fn new(spec: &MonitorSpec) -> Result<TlsTarget, InvalidMonitor> {
-        let (url, port) = host_and_port(spec, "tls", "tls://mail.example.com:465")?;
+        let (url, host, port) = host_and_port(spec, "tls", "tls://mail.example.com:465")?;
         let settings: TlsSettings = settings_of(spec)?;
         let starttls = match settings.starttls.as_deref().map(str::to_ascii_lowercase) {
             None => None,
@@ -59,6 +60,7 @@ impl TlsTarget {
         };
         Ok(TlsTarget {
             url,
+            host,
             port,
             starttls,
         })
@@ -76,11 +78,11 @@ pub(crate) async fn probe(
     seen: &mut Observation,
     deadline: Instant,
 ) -> Result<(), Failure> {
-    let host = tls.url.host().expect("validated: a tls target has a host");
-    let (addrs, server_name) = dns::resolve_host(prober, host, monitor.ip_family, seen).await?;
+    let (addrs, server_name) =
+        dns::resolve_host(prober, &tls.host, monitor.ip_family, seen).await?;
     let mut tcp = connect::connect_timed(&addrs, tls.port, deadline, seen).await?;
     if tls.starttls == Some(StartTls::Smtp) {
-        smtp_starttls(&mut tcp, &tls.url, seen).await?;
+        smtp_starttls(&mut tcp, &tls.host, seen).await?;
         seen.timings.hop().tls_start = Some(std::time::Instant::now());
     }
     prober
@@ -93,16 +95,21 @@ pub(crate) async fn probe(
 
 /// Greeting, `EHLO`, `STARTTLS`: the server must answer 220, 250, 220. The stream is
 /// read line by line without reading ahead, so no byte of the handshake is consumed.
-async fn smtp_starttls(tcp: &mut TcpStream, url: &Url, seen: &mut Observation) -> Result<(), Failure> {
+async fn smtp_starttls(
+    tcp: &mut TcpStream,
+    host: &Host,
+    seen: &mut Observation,
+) -> Result<(), Failure> {
     seen.phase = Phase::Reply;
     seen.timings.hop().ready = Some(std::time::Instant::now());
     let mut reader = BufReader::with_capacity(1, &mut *tcp);
     smtp_reply(&mut reader, "220", "greeting").await?;
     seen.timings.hop().head = Some(std::time::Instant::now());
-    let client = match url.host() {
-        Some(Host::Domain(_)) | None => "vantage.invalid".to_string(),
-        Some(Host::Ipv4(ip)) => format!("[{ip}]"),
-        Some(Host::Ipv6(ip)) => format!("[IPv6:{ip}]"),
+    // EHLO names the client; a prober has no name of its own worth giving.
+    let client = match host {
+        Host::Domain(_) => "vantage.invalid".to_string(),
+        Host::Ipv4(ip) => format!("[{ip}]"),
+        Host::Ipv6(ip) => format!("[IPv6:{ip}]"),
     };
     send(&mut reader, format!("EHLO {client}\r\n").as_bytes()).await?;
     smtp_reply(&mut reader, "250", "EHLO").await?;
@@ -112,11 +119,12 @@ async fn smtp_starttls(tcp: &mut TcpStream, url: &Url, seen: &mut Observation) -
 }
 
 async fn send(reader: &mut BufReader<&mut TcpStream>, bytes: &[u8]) -> Result<(), Failure> {
-    reader
-        .get_mut()
-        .write_all(bytes)
-        .await
-        .map_err(|err| Failure::new(ErrorKind::ConnectError, format!("SMTP: sending failed: {err}")))
+    reader.get_mut().write_all(bytes).await.map_err(|err| {
+        Failure::new(
+            ErrorKind::ConnectError,
+            format!("SMTP: sending failed: {err}"),
+        )
+    })
 }
 
 /// Reads one (possibly multi-line) SMTP reply and checks its code.
@@ -169,8 +177,11 @@ mod tests {
 
     #[test]
     fn targets_are_validated_with_a_fix() {
-        let ok = TlsTarget::new(&spec("tls://mail.example.com:587", json!({"starttls": "SMTP"})))
-            .unwrap();
+        let ok = TlsTarget::new(&spec(
+            "tls://mail.example.com:587",
+            json!({"starttls": "SMTP"}),
+        ))
+        .unwrap();
         assert_eq!((ok.port, ok.starttls), (587, Some(StartTls::Smtp)));
         let err = TlsTarget::new(&spec("tls://h:1", json!({"starttls": "imap"}))).unwrap_err();
         assert_eq!(
