@@ -43,7 +43,7 @@ impl DnsBuilder {
     }
 
     /// `name` answers MX queries with `(preference, exchange)` records.
-    pub fn mx(mut self, name: &str, records: &[(u16, &str)]) -> Self {
+    pub fn mx(self, name: &str, records: &[(u16, &str)]) -> Self {
         let rdata = records
             .iter()
             .map(|(preference, exchange)| {
@@ -56,7 +56,7 @@ impl DnsBuilder {
     }
 
     /// `name` answers TXT queries with one record per text.
-    pub fn txt(mut self, name: &str, texts: &[&str]) -> Self {
+    pub fn txt(self, name: &str, texts: &[&str]) -> Self {
         let rdata = texts
             .iter()
             .map(|text| {
