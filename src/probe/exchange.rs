@@ -31,15 +31,6 @@ use super::{connect, dns, redact_query, tls, ErrorKind, Failure, Monitor, Prober
 /// browsers only bound the head's size, which hyper caps at about 400 kB).
 pub const MAX_RESPONSE_HEADERS: usize = 1000;
 
-/// What [`exchange`] keeps of the final response beyond its status and timings.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Keep {
-    /// The body bytes (for body and JSON assertions, or `response_body`).
-    pub body: bool,
-    /// The headers (for header assertions, `capture_headers`, content type, server).
-    pub headers: bool,
-}
-
 /// One hop of a redirect chain, as the follow loop hands it over.
 pub(crate) struct Hop<'a> {
     pub request: &'a HopRequest,
@@ -64,7 +55,7 @@ pub(crate) async fn exchange(
     seen: &mut Observation,
     hop: Hop<'_>,
     deadline: Instant,
-    keep: Keep,
+    keep_body: bool,
 ) -> Result<HopResponse, Failure> {
     seen.timings.new_hop();
     // The last hop's connection is the one described.
@@ -106,8 +97,7 @@ pub(crate) async fn exchange(
 
     let request = build_request(hop.request)?;
     let limits = BodyRules {
-        keep: keep.body,
-        keep_headers: keep.headers,
+        keep: keep_body,
         expected: request.method() != Method::HEAD,
         cap: http.max_body_bytes,
     };
@@ -221,10 +211,8 @@ where
 /// How a hop treats the response.
 #[derive(Debug, Clone, Copy)]
 struct BodyRules {
-    /// Keep the body's bytes.
+    /// Keep the body's bytes (for body and JSON assertions, or `response_body`).
     keep: bool,
-    /// Keep the response headers.
-    keep_headers: bool,
     /// The request can have a response body at all (responses to HEAD carry none,
     /// whatever their Content-Length says).
     expected: bool,
@@ -311,10 +299,10 @@ where
             return Err(too_large(cap, Some(len)));
         }
     }
+    // The headers are kept whole (moved, not copied): content type, server, captured
+    // headers and header assertions all read them.
     let (head, mut body) = response.into_parts();
-    if rules.keep_headers {
-        seen.headers = Some(head.headers);
-    }
+    seen.headers = Some(head.headers);
     let mut size: u64 = 0;
     let mut kept = rules.keep.then(Vec::new);
     loop {

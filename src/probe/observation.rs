@@ -32,7 +32,7 @@ pub(crate) struct Observation {
     pub http_status: Option<u16>,
     pub http_version: Option<String>,
     pub response_size: Option<u64>,
-    /// The final response's headers, kept only when something needs them.
+    /// The final response's headers.
     pub headers: Option<HeaderMap>,
     /// The final response's body, kept only when something needs it.
     pub body: Option<Vec<u8>>,

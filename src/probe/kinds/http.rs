@@ -262,10 +262,7 @@ pub(crate) async fn probe(
     };
     let mut visited: HashSet<String> = HashSet::new();
     visited.insert(hop.url.as_str().to_string());
-    let keep = exchange::Keep {
-        body: monitor.assertions().needs_body() || http.capture_body_bytes.is_some(),
-        headers: monitor.assertions().needs_headers() || !http.capture_headers.is_empty(),
-    };
+    let keep_body = monitor.assertions().needs_body() || http.capture_body_bytes.is_some();
     let mut first_hop_public = None;
     loop {
         let hop_seen = exchange::Hop {
@@ -274,7 +271,7 @@ pub(crate) async fn probe(
             first_hop_public: &mut first_hop_public,
         };
         let response =
-            exchange::exchange(prober, monitor, http, seen, hop_seen, deadline, keep).await?;
+            exchange::exchange(prober, monitor, http, seen, hop_seen, deadline, keep_body).await?;
         let location = response
             .location
             .filter(|_| http.follow_redirects && is_redirect(response.status));
