@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod assertions;
 pub mod check;
 pub mod embedded_postgres;
 pub mod heartbeat;
