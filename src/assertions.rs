@@ -849,10 +849,12 @@ fn json_text(rest: &str) -> Result<AssertionSpec, String> {
         "exists" => JsonOp::Exists,
         "!exists" | "not_exists" => JsonOp::NotExists,
         _ => {
+            // An unclosed bracket swallows the rest of the text: say what is wrong.
+            JsonTarget::parse(path)?;
             return Err(format!(
                 "unknown json operator {}; use ==, !=, <, >, <=, >=, contains, exists or !exists, e.g. json:{path} == \"ok\"",
                 quoted(op)
-            ))
+            ));
         }
     };
     let value = match value.map(str::trim) {
@@ -1324,5 +1326,717 @@ fn truncated(text: String) -> String {
     match text.char_indices().nth(SHOWN_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn one(text: &str) -> Assertion {
+        let mut assertions = Assertions::from_texts(&[text]).unwrap_or_else(|e| panic!("{e}"));
+        assertions.0.remove(0)
+    }
+
+    fn text_error(text: &str) -> String {
+        Assertions::from_texts(&[text]).unwrap_err().to_string()
+    }
+
+    fn json_error(value: Value) -> String {
+        Assertions::from_json(&json!([value]))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Every type and operator: text form, stored form, and the text printed back.
+    #[test]
+    fn text_and_json_forms_agree_and_round_trip() {
+        let table: &[(&str, Value, &str)] = &[
+            (
+                "status:200-299, 301",
+                json!({"type": "status", "codes": "200-299,301"}),
+                "status:200-299,301",
+            ),
+            (
+                "status:2xx",
+                json!({"type": "status", "codes": "200-299"}),
+                "status:200-299",
+            ),
+            (
+                "body:contains ok",
+                json!({"type": "body", "op": "contains", "value": "ok"}),
+                "body:contains ok",
+            ),
+            (
+                "body:contains  two words ",
+                json!({"type": "body", "op": "contains", "value": " two words "}),
+                "body:contains  two words ",
+            ),
+            (
+                "body:!contains error",
+                json!({"type": "body", "op": "not_contains", "value": "error"}),
+                "body:!contains error",
+            ),
+            (
+                "body:not_contains error",
+                json!({"type": "body", "op": "not_contains", "value": "error"}),
+                "body:!contains error",
+            ),
+            (
+                "body:~ ^\\{.*\\}$",
+                json!({"type": "body", "op": "matches", "value": "^\\{.*\\}$"}),
+                "body:~ ^\\{.*\\}$",
+            ),
+            (
+                "json:$.status == \"ok\"",
+                json!({"type": "json", "path": "$.status", "op": "==", "value": "ok"}),
+                "json:$.status == \"ok\"",
+            ),
+            (
+                "json:$.status == ok",
+                json!({"type": "json", "path": "$.status", "op": "==", "value": "ok"}),
+                "json:$.status == \"ok\"",
+            ),
+            (
+                "json:$.status == all good",
+                json!({"type": "json", "path": "$.status", "op": "==", "value": "all good"}),
+                "json:$.status == \"all good\"",
+            ),
+            (
+                "json:$.v == null",
+                json!({"type": "json", "path": "$.v", "op": "==", "value": null}),
+                "json:$.v == null",
+            ),
+            (
+                "json:$.up != false",
+                json!({"type": "json", "path": "$.up", "op": "!=", "value": false}),
+                "json:$.up != false",
+            ),
+            (
+                "json:$.count > 3",
+                json!({"type": "json", "path": "$.count", "op": ">", "value": 3}),
+                "json:$.count > 3",
+            ),
+            (
+                "json:$.count >= 3",
+                json!({"type": "json", "path": "$.count", "op": ">=", "value": 3}),
+                "json:$.count >= 3",
+            ),
+            (
+                "json:$.load < 0.5",
+                json!({"type": "json", "path": "$.load", "op": "<", "value": 0.5}),
+                "json:$.load < 0.5",
+            ),
+            (
+                "json:$.load <= -1",
+                json!({"type": "json", "path": "$.load", "op": "<=", "value": -1}),
+                "json:$.load <= -1",
+            ),
+            (
+                "json:/items/0/id exists",
+                json!({"type": "json", "path": "/items/0/id", "op": "exists"}),
+                "json:/items/0/id exists",
+            ),
+            (
+                "json:$.debug !exists",
+                json!({"type": "json", "path": "$.debug", "op": "not_exists"}),
+                "json:$.debug !exists",
+            ),
+            (
+                "json:$.debug not_exists",
+                json!({"type": "json", "path": "$.debug", "op": "not_exists"}),
+                "json:$.debug !exists",
+            ),
+            (
+                "json:$.tags contains \"a\"",
+                json!({"type": "json", "path": "$.tags", "op": "contains", "value": "a"}),
+                "json:$.tags contains \"a\"",
+            ),
+            (
+                "json:$.o == {\"a\": [1, 2]}",
+                json!({"type": "json", "path": "$.o", "op": "==", "value": {"a": [1, 2]}}),
+                "json:$.o == {\"a\":[1,2]}",
+            ),
+            // Blanks inside brackets and between segments belong to the path.
+            (
+                "json:$.items[?@.state == 'down'] !exists",
+                json!({"type": "json", "path": "$.items[?@.state == 'down']", "op": "not_exists"}),
+                "json:$.items[?@.state == 'down'] !exists",
+            ),
+            (
+                "json:$['a b'] .c == 1",
+                json!({"type": "json", "path": "$['a b'] .c", "op": "==", "value": 1}),
+                "json:$['a b'] .c == 1",
+            ),
+            (
+                "header:Content-Type ~ json",
+                json!({"type": "header", "name": "content-type", "op": "matches", "value": "json"}),
+                "header:content-type ~ json",
+            ),
+            (
+                "header:x-cache == HIT",
+                json!({"type": "header", "name": "x-cache", "op": "equals", "value": "HIT"}),
+                "header:x-cache == HIT",
+            ),
+            (
+                "header:etag exists",
+                json!({"type": "header", "name": "etag", "op": "exists"}),
+                "header:etag exists",
+            ),
+            (
+                "header:set-cookie !exists",
+                json!({"type": "header", "name": "set-cookie", "op": "not_exists"}),
+                "header:set-cookie !exists",
+            ),
+            (
+                "time:total < 500",
+                json!({"type": "response_time", "phase": "total", "max_ms": 500.0}),
+                "time:total < 500",
+            ),
+            (
+                "time:total < 500ms",
+                json!({"type": "response_time", "phase": "total", "max_ms": 500.0}),
+                "time:total < 500",
+            ),
+            (
+                "time:ttfb <= 0.1s",
+                json!({"type": "response_time", "phase": "ttfb", "max_ms": 100.0}),
+                "time:ttfb < 100",
+            ),
+            (
+                "time:total < 1s",
+                json!({"type": "response_time", "phase": "total", "max_ms": 1000.0}),
+                "time:total < 1000",
+            ),
+            (
+                "time:ttfb < 12.5",
+                json!({"type": "response_time", "phase": "ttfb", "max_ms": 12.5}),
+                "time:ttfb < 12.5",
+            ),
+            (
+                "cert:expires > 14d",
+                json!({"type": "cert_expiry", "min_days": 14}),
+                "cert:expires > 14d",
+            ),
+            (
+                "cert:expires > 0",
+                json!({"type": "cert_expiry", "min_days": 0}),
+                "cert:expires > 0d",
+            ),
+        ];
+        for (text, stored, printed) in table {
+            let from_text = one(text);
+            assert_eq!(
+                Assertions::from_texts(&[text]).unwrap().to_json(),
+                json!([stored]),
+                "{text}"
+            );
+            let from_json = Assertions::from_json(&json!([stored])).unwrap();
+            assert_eq!(from_json.iter().next(), Some(&from_text), "{text}");
+            assert_eq!(from_text.to_string(), *printed, "{text}");
+            // Display -> parse and to_json -> from_json give the same assertion back.
+            assert_eq!(one(&from_text.to_string()), from_text, "{text}");
+            let all = Assertions::from_texts(&[text]).unwrap();
+            assert_eq!(
+                Assertions::from_json(&all.to_json()).unwrap(),
+                all,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_texts_name_the_text_and_the_fix() {
+        let table: &[(&str, &str)] = &[
+            ("jsn:$.a == 1", "assertion 0 (jsn:$.a == 1): unknown kind of assertion; start with status:, body:, json:, header:, time: or cert:"),
+            ("200", "assertion 0 (200): unknown kind of assertion; start with status:, body:, json:, header:, time: or cert:"),
+            ("status:", "assertion 0 (status:): the status codes are empty; write e.g. 200-299,301"),
+            ("status:200-2999", "assertion 0 (status:200-2999): \"2999\" is not a status code between 100 and 599; write e.g. \"200-299,301\""),
+            ("body:has ok", "assertion 0 (body:has ok): unknown body operator \"has\"; write body:contains TEXT, body:!contains TEXT or body:~ REGEX"),
+            ("body:contains", "assertion 0 (body:contains): the body value is empty; write e.g. body:contains ok"),
+            ("body:~ (abc", "assertion 0 (body:~ (abc): \"(abc\" is not a regex (unclosed group); escape special characters with \\, e.g. \\("),
+            ("json:", "assertion 0 (json:): the path is missing; write e.g. json:$.status == \"ok\""),
+            ("json:$.status = ok", "assertion 0 (json:$.status = ok): unknown json operator \"=\"; use ==, !=, <, >, <=, >=, contains, exists or !exists, e.g. json:$.status == \"ok\""),
+            ("json:$.status[ == \"ok\"", "assertion 0 (json:$.status[ == \"ok\"): \"$.status[ == \\\"ok\\\"\" is not a JSONPath (at position 8, parser error); write e.g. $.status"),
+            ("json:status == ok", "assertion 0 (json:status == ok): \"status\" is neither a JSONPath (starting with $) nor a JSON Pointer (starting with /); write e.g. $.status or /status"),
+            ("json:/a~2 exists", "assertion 0 (json:/a~2 exists): the JSON Pointer \"/a~2\" has a ~ not followed by 0 or 1; write ~0 for ~ and ~1 for /"),
+            ("json:$.a ==", "assertion 0 (json:$.a ==): == needs a value; write e.g. json:$.a == 3"),
+            ("json:$.a contains", "assertion 0 (json:$.a contains): contains needs a value; write e.g. json:$.a contains \"a\""),
+            ("json:$.a exists 1", "assertion 0 (json:$.a exists 1): exists takes no value (got 1); remove it"),
+            ("json:$.a > true", "assertion 0 (json:$.a > true): > compares numbers or strings, not true; write e.g. json:$.a > 3"),
+            ("json:$.v == 1.2.3", "assertion 0 (json:$.v == 1.2.3): 1.2.3 is not JSON (trailing characters at line 1 column 4); write a string in quotes, e.g. \"1.2.3\""),
+            ("json:$.o == {\"a\": 1", "assertion 0 (json:$.o == {\"a\": 1): {\"a\": 1 is not JSON (EOF while parsing an object at line 1 column 7); write a string in quotes, e.g. \"{\"a\": 1\""),
+            ("header:x-cache is HIT", "assertion 0 (header:x-cache is HIT): unknown header operator \"is\"; use exists, !exists, == or ~, e.g. header:content-type ~ json"),
+            ("header:bad(name) exists", "assertion 0 (header:bad(name) exists): \"bad(name)\" is not a header name (letters, digits and !#$%&'*+-.^_`|~ only); write e.g. content-type"),
+            ("header:x-cache ==", "assertion 0 (header:x-cache ==): == needs a value; write e.g. header:x-cache == text/html"),
+            ("header:x-cache ~", "assertion 0 (header:x-cache ~): ~ needs a value; write e.g. header:x-cache ~ text/html"),
+            ("header:etag exists W/", "assertion 0 (header:etag exists W/): exists takes no value (got \"W/\"); remove it"),
+            ("time:total 500", "assertion 0 (time:total 500): expected a phase, < and a duration; write e.g. time:total < 500ms or time:ttfb < 0.2s"),
+            ("time:dns < 5", "assertion 0 (time:dns < 5): unknown phase \"dns\"; use total or ttfb; write e.g. time:total < 500ms or time:ttfb < 0.2s"),
+            ("time:total > 5", "assertion 0 (time:total > 5): \">\" is not <; write e.g. time:total < 500ms or time:ttfb < 0.2s"),
+            ("time:total < 5m", "assertion 0 (time:total < 5m): \"5m\" is not a duration; write e.g. time:total < 500ms or time:ttfb < 0.2s"),
+            ("time:total < -5", "assertion 0 (time:total < -5): max_ms -5 is not a number of milliseconds >= 0; write e.g. 500"),
+            ("time:total < inf", "assertion 0 (time:total < inf): \"inf\" is not a duration; write e.g. time:total < 500ms or time:ttfb < 0.2s"),
+            ("cert:expires 14d", "assertion 0 (cert:expires 14d): expected expires > DAYS; write e.g. cert:expires > 14d"),
+            ("cert:expires > two", "assertion 0 (cert:expires > two): \"two\" is not a number of days; write e.g. cert:expires > 14d"),
+        ];
+        for (text, message) in table {
+            assert_eq!(text_error(text), *message, "{text}");
+        }
+        // The index is the position in the list.
+        let err = Assertions::from_texts(&["status:200", "body:contains ok", "cert:expires > x"])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            InvalidAssertion::Invalid {
+                index: 2,
+                text: "cert:expires > x".into(),
+                problem: "\"x\" is not a number of days; write e.g. cert:expires > 14d".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_json_names_the_assertion_and_the_fix() {
+        let table: &[(Value, &str)] = &[
+            (json!({"type": "jsn"}), "assertion 0 ({\"type\":\"jsn\"}): each assertion is an object with a \"type\" of status, body, json, header, response_time or cert_expiry"),
+            (json!("status:200"), "assertion 0 (\"status:200\"): each assertion is an object with a \"type\" of status, body, json, header, response_time or cert_expiry"),
+            (json!({"type": "status", "code": "200"}), "assertion 0 ({\"code\":\"200\",\"type\":\"status\"}): unknown field `code`, expected `codes`; write e.g. {\"type\": \"status\", \"codes\": \"200-299\"}"),
+            (json!({"type": "body", "op": "includes", "value": "x"}), "assertion 0 ({\"op\":\"includes\",\"type\":\"body\",\"value\":\"x\"}): unknown variant `includes`, expected one of `contains`, `not_contains`, `matches`; write e.g. {\"type\": \"body\", \"op\": \"contains\", \"value\": \"ok\"}"),
+            (json!({"type": "cert_expiry", "min_days": -1}), "assertion 0 ({\"min_days\":-1,\"type\":\"cert_expiry\"}): invalid value: integer `-1`, expected u32; write e.g. {\"type\": \"cert_expiry\", \"min_days\": 14}"),
+            (json!({"type": "response_time", "phase": "total"}), "assertion 0 ({\"phase\":\"total\",\"type\":\"response_time\"}): missing field `max_ms`; write e.g. {\"type\": \"response_time\", \"phase\": \"total\", \"max_ms\": 500}"),
+            // Validation failures show the text form.
+            (json!({"type": "json", "path": "$.status[", "op": "==", "value": "ok"}), "assertion 0 (json:$.status[ == \"ok\"): \"$.status[\" is not a JSONPath (at position 8, parser error); write e.g. $.status"),
+            (json!({"type": "json", "path": "$.a", "op": "exists", "value": null}), "assertion 0 (json:$.a exists null): exists takes no value (got null); remove it"),
+            (json!({"type": "json", "path": "$.a", "op": "=="}), "assertion 0 (json:$.a ==): == needs a value; write e.g. json:$.a == 3"),
+            (json!({"type": "json", "path": "/a b", "op": "exists"}), "assertion 0 (json:/a b exists): the JSON Pointer \"/a b\" has a space; write it as a JSONPath, e.g. $['a b']"),
+            (json!({"type": "header", "name": "etag", "op": "not_exists", "value": "x"}), "assertion 0 (header:etag !exists x): !exists takes no value (got \"x\"); remove it"),
+            (json!({"type": "header", "name": "x", "op": "equals", "value": ""}), "assertion 0 (header:x == ): the header value is empty; to check that the header is there, use exists"),
+            (json!({"type": "header", "name": "x", "op": "matches", "value": ""}), "assertion 0 (header:x ~ ): the regex is empty and matches anything; to check that the header is there, use exists"),
+            (json!({"type": "header", "name": "", "op": "exists"}), "assertion 0 (header: exists): \"\" is not a header name (letters, digits and !#$%&'*+-.^_`|~ only); write e.g. content-type"),
+            (json!({"type": "response_time", "phase": "ttfb", "max_ms": -1}), "assertion 0 (time:ttfb < -1): max_ms -1 is not a number of milliseconds >= 0; write e.g. 500"),
+            (json!({"type": "body", "op": "contains", "value": ""}), "assertion 0 (body:contains ): the body value is empty; write e.g. body:contains ok"),
+        ];
+        for (value, message) in table {
+            assert_eq!(json_error(value.clone()), *message, "{value}");
+        }
+        assert_eq!(
+            Assertions::from_json(&json!({"type": "status"})).unwrap_err().to_string(),
+            "assertions must be a JSON array (got {\"type\":\"status\"}); write e.g. [{\"type\": \"status\", \"codes\": \"200-299\"}]"
+        );
+        let err = Assertions::from_json(&json!([
+            {"type": "status", "codes": "200"},
+            {"type": "status", "codes": "200"},
+            {"type": "json", "path": "$.status[", "op": "==", "value": "ok"},
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(err, InvalidAssertion::Invalid { index: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            Assertions::from_json(&json!([])).unwrap(),
+            Assertions::default()
+        );
+    }
+
+    #[test]
+    fn regexes_are_size_limited() {
+        // About 2 MiB compiled with Unicode classes: over the 1 MiB limit.
+        let err = text_error(r"body:~ \w{500}");
+        assert_eq!(
+            err,
+            "assertion 0 (body:~ \\w{500}): the regex \"\\\\w{500}\" is too large once compiled (over 1 MiB); write a simpler one"
+        );
+        one(r"body:~ \w{20}");
+    }
+
+    #[test]
+    fn messages_are_truncated() {
+        let long = "x".repeat(300);
+        let err = text_error(&format!("body:~ ({long}"));
+        assert_eq!(
+            err.chars().count(),
+            "assertion 0 (): ".chars().count()
+                + 2 * 101
+                + "is not a regex (unclosed group); escape special characters with \\, e.g. \\("
+                    .chars()
+                    .count()
+                + 1,
+            "{err}"
+        );
+        assert!(
+            err.starts_with(&format!(
+                "assertion 0 (body:~ ({}…): \"({}… is not a regex",
+                &long[..92],
+                &long[..98]
+            )),
+            "{err}"
+        );
+    }
+
+    fn headers(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in lines {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    /// A 200 with a JSON body, two Set-Cookie lines, 120 ms in total, 80 ms to first
+    /// byte, and a certificate 20 days from now.
+    fn checked(text: &str, body: &[u8], head: &HeaderMap) -> Result<(), (ErrorKind, String)> {
+        let response = Response {
+            status: Some(200),
+            headers: Some(head),
+            body: Some(body),
+            total_ms: 120.0,
+            ttfb_ms: Some(80.0),
+            cert_expires_at: Some(at("2026-12-21T12:00:00Z")),
+            now: at("2026-12-01T12:00:00Z"),
+        };
+        Assertions::from_texts(&[text])
+            .unwrap()
+            .check(&response)
+            .map_err(|f| (f.kind, f.message))
+    }
+
+    #[test]
+    fn evaluation_holds_or_says_what_was_seen() {
+        let body = br#"{"status": "degraded", "count": 1, "ratio": 3.0, "big": 9007199254740993,
+            "tags": ["a", "b"], "name": "vantage prober", "items": [{"id": 7, "state": "up"},
+            {"id": 8, "state": "down"}], "none": null, "o": {"k": [1, 2]}, "a/b": {"~": true}}"#;
+        let head = headers(&[
+            ("content-type", "text/html; charset=utf-8"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("x-cache", "MISS"),
+        ]);
+        let ok: &[&str] = &[
+            "status:200-299",
+            "status:2xx",
+            "body:contains \"count\": 1",
+            "body:!contains error",
+            "body:~ \"state\":\\s*\"down\"",
+            "json:$.status == degraded",
+            "json:$.status != \"ok\"",
+            "json:$.count == 1.0",
+            "json:$.ratio == 3",
+            "json:$.count < 2",
+            "json:$.count <= 1",
+            "json:$.ratio > 2.5",
+            "json:$.ratio >= 3",
+            "json:$.big > 9007199254740992",
+            "json:$.status > \"a\"",
+            "json:$.tags contains \"b\"",
+            "json:$.name contains prober",
+            "json:$.o == {\"k\": [1.0, 2]}",
+            "json:$.none == null",
+            "json:$.none exists",
+            "json:$.missing !exists",
+            "json:/items/1/state == down",
+            "json:/a~1b/~0 == true",
+            // Any node may satisfy.
+            "json:$.items[*].state == \"down\"",
+            "json:$.items[*].id > 7",
+            "json:$.items[?@.state == 'down'].id == 8",
+            "json:$..id exists",
+            "header:Content-Type ~ ^text/html",
+            "header:content-type == text/html; charset=utf-8",
+            "header:set-cookie == b=2",
+            "header:set-cookie ~ ^a=",
+            "header:x-cache exists",
+            "header:etag !exists",
+            "time:total < 120",
+            "time:ttfb < 80.5",
+            "cert:expires > 19d",
+        ];
+        for text in ok {
+            assert_eq!(checked(text, body, &head), Ok(()), "{text}");
+        }
+        let failed = ErrorKind::AssertionFailed;
+        let table: &[(&str, ErrorKind, &str)] = &[
+            ("status:201", ErrorKind::StatusMismatch, "status 200 is not in the expected set 201"),
+            ("body:contains healthy", ErrorKind::BodyMismatch, "response body (262 bytes) does not contain \"healthy\""),
+            ("body:!contains degraded", failed, "response body contains \"degraded\" (at byte 12)"),
+            ("body:~ ^OK$", failed, "response body (262 bytes) does not match \"^OK$\""),
+            ("json:$.status == \"ok\"", failed, "$.status: expected \"ok\", got \"degraded\""),
+            ("json:$.status != degraded", failed, "$.status: expected != \"degraded\", got \"degraded\""),
+            ("json:$.count > 3", failed, "$.count: expected > 3, got 1"),
+            ("json:$.count >= 3", failed, "$.count: expected >= 3, got 1"),
+            ("json:$.ratio < 3", failed, "$.ratio: expected < 3, got 3.0"),
+            ("json:$.ratio <= 2", failed, "$.ratio: expected <= 2, got 3.0"),
+            ("json:$.big < 9007199254740992", failed, "$.big: expected < 9007199254740992, got 9007199254740993"),
+            ("json:$.status > 3", failed, "$.status: expected > 3, got \"degraded\" (not a number)"),
+            ("json:$.count < \"b\"", failed, "$.count: expected < \"b\", got 1 (not a string)"),
+            ("json:$.missing exists", failed, "$.missing: expected to exist, found nothing"),
+            ("json:$.missing == 1", failed, "$.missing: expected 1, found nothing"),
+            ("json:$.none !exists", failed, "$.none: expected not to exist, got null"),
+            ("json:$.tags contains \"c\"", failed, "$.tags: expected to contain \"c\", got [\"a\",\"b\"]"),
+            ("json:$.count contains 1", failed, "$.count: expected to contain 1, got 1"),
+            ("json:/items/0/state == down", failed, "/items/0/state: expected \"down\", got \"up\""),
+            ("json:/items/5 exists", failed, "/items/5: expected to exist, found nothing"),
+            ("json:$.items[*].state == \"gone\"", failed, "$.items[*].state: expected \"gone\", got \"up\", \"down\""),
+            ("json:$.items[*] !exists", failed, "$.items[*]: expected not to exist, got {\"id\":7,\"state\":\"up\"}, {\"id\":8,\"state\":\"down\"}"),
+            ("header:content-type ~ json", failed, "header content-type: expected to match \"json\", got \"text/html; charset=utf-8\""),
+            ("header:x-cache == HIT", failed, "header x-cache: expected \"HIT\", got \"MISS\""),
+            ("header:set-cookie == c=3", failed, "header set-cookie: expected \"c=3\", got \"a=1\", \"b=2\""),
+            ("header:set-cookie !exists", failed, "header set-cookie: expected to be absent, got \"a=1\", \"b=2\""),
+            ("header:etag exists", failed, "header etag: missing"),
+            ("header:etag == x", failed, "header etag: missing"),
+            ("header:etag ~ x", failed, "header etag: missing"),
+            ("time:total < 100", failed, "total 120.0 ms exceeds 100 ms"),
+            ("time:ttfb < 79.99", failed, "ttfb 80.0 ms exceeds 79.99 ms"),
+            ("cert:expires > 20d", failed, "certificate expires in 20 days (2026-12-21), less than 20"),
+            ("cert:expires > 30d", failed, "certificate expires in 20 days (2026-12-21), less than 30"),
+        ];
+        for (text, kind, message) in table {
+            assert_eq!(
+                checked(text, body, &head),
+                Err((*kind, message.to_string())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn evaluation_of_what_a_probe_did_not_get() {
+        let head = HeaderMap::new();
+        let long = format!("{{\"s\": \"{}\"}}", "y".repeat(200));
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("json:$.status == ok", b"<html>", "$.status: the response body is not JSON (expected value at line 1 column 1)"),
+            ("json:$.status == ok", b"", "$.status: the response body is not JSON (EOF while parsing a value at line 1 column 0)"),
+            ("json:$.s == \"x\"", long.as_bytes(), &format!("$.s: expected \"x\", got \"{}…", "y".repeat(99))),
+            ("body:!contains \u{fffd}", b"\xff\xfe", ""),
+        ];
+        for (text, body, message) in cases {
+            let got = checked(text, body, &head);
+            if message.is_empty() {
+                assert_eq!(got, Ok(()), "{text}");
+            } else {
+                assert_eq!(
+                    got,
+                    Err((ErrorKind::AssertionFailed, message.to_string())),
+                    "{text}"
+                );
+            }
+        }
+        // Bodies that are not UTF-8 are searched as bytes.
+        assert_eq!(checked("body:~ ^\\xff?ok", b"ok", &head), Ok(()));
+
+        let bare = Response {
+            status: None,
+            headers: None,
+            body: None,
+            total_ms: 3.0,
+            ttfb_ms: None,
+            cert_expires_at: None,
+            now: at("2026-12-01T12:00:00Z"),
+        };
+        let check = |text: &str| {
+            Assertions::from_texts(&[text])
+                .unwrap()
+                .check(&bare)
+                .map_err(|f| (f.kind, f.message))
+        };
+        let failed = ErrorKind::AssertionFailed;
+        assert_eq!(
+            check("status:200"),
+            Err((
+                ErrorKind::StatusMismatch,
+                "no HTTP status to check against the expected set 200".into()
+            ))
+        );
+        assert_eq!(
+            check("body:contains ok"),
+            Err((
+                failed,
+                "the response body was not read, so body:contains ok cannot be checked".into()
+            ))
+        );
+        assert_eq!(
+            check("json:$.a exists"),
+            Err((
+                failed,
+                "the response body was not read, so json:$.a exists cannot be checked".into()
+            ))
+        );
+        assert_eq!(check("header:etag exists"), Err((failed, "header etag: the response headers were not kept, so header:etag exists cannot be checked".into())));
+        assert_eq!(
+            check("time:ttfb < 5"),
+            Err((failed, "ttfb was not measured".into()))
+        );
+        assert_eq!(check("time:total < 5"), Ok(()));
+        assert_eq!(
+            check("cert:expires > 1d"),
+            Err((
+                failed,
+                "no certificate to check: the probe did not use TLS".into()
+            ))
+        );
+        // One decimal would read "100.0 ms exceeds 100 ms".
+        let barely = Response {
+            total_ms: 100.04,
+            ..bare.clone()
+        };
+        let err = Assertions::from_texts(&["time:total < 100"])
+            .unwrap()
+            .check(&barely)
+            .unwrap_err();
+        assert_eq!(err.message, "total 100.040 ms exceeds 100 ms");
+        let expired = Response {
+            cert_expires_at: Some(at("2026-11-28T00:00:00Z")),
+            ..bare
+        };
+        let err = Assertions::from_texts(&["cert:expires > 0d"])
+            .unwrap()
+            .check(&expired)
+            .unwrap_err();
+        assert_eq!(err.message, "certificate expired 3 days ago (2026-11-28)");
+    }
+
+    #[test]
+    fn the_first_failure_in_order_is_reported() {
+        let assertions = Assertions::from_texts(&[
+            "status:200",
+            "time:total < 100",
+            "json:$.a == 1",
+            "json:$.b == 2",
+        ])
+        .unwrap();
+        let head = HeaderMap::new();
+        let response = Response {
+            status: Some(200),
+            headers: Some(&head),
+            body: Some(br#"{"a": 1, "b": 3}"#),
+            total_ms: 50.0,
+            ttfb_ms: None,
+            cert_expires_at: None,
+            now: at("2026-12-01T12:00:00Z"),
+        };
+        assert_eq!(
+            assertions.check(&response),
+            Err(Failed {
+                kind: ErrorKind::AssertionFailed,
+                message: "$.b: expected 2, got 3".into()
+            })
+        );
+        assert_eq!(Assertions::default().check(&response), Ok(()));
+    }
+
+    #[test]
+    fn what_the_probe_must_keep() {
+        let of = |texts: &[&str]| {
+            let a = Assertions::from_texts(texts).unwrap();
+            (
+                a.needs_body(),
+                a.needs_headers(),
+                a.has_status(),
+                a.is_empty(),
+            )
+        };
+        assert_eq!(of(&[]), (false, false, false, true));
+        assert_eq!(of(&["status:200"]), (false, false, true, false));
+        assert_eq!(of(&["body:contains x"]), (true, false, false, false));
+        assert_eq!(of(&["json:$.a exists"]), (true, false, false, false));
+        assert_eq!(
+            of(&["header:etag exists", "time:total < 5"]),
+            (false, true, false, false)
+        );
+        assert_eq!(of(&["cert:expires > 1d"]), (false, false, false, false));
+        let mut pushed = Assertions::default();
+        pushed.push(Assertion::Body(BodyCheck::Contains("ok".into())));
+        assert_eq!(
+            pushed,
+            Assertions::from_texts(&["body:contains ok"]).unwrap()
+        );
+        assert_eq!(pushed.iter().count(), 1);
+    }
+
+    #[test]
+    fn kinds_without_http_reject_http_assertions() {
+        let all =
+            Assertions::from_texts(&["time:total < 5", "cert:expires > 1d", "header:etag exists"])
+                .unwrap();
+        assert_eq!(all.check_applicable("http"), Ok(()));
+        assert_eq!(
+            all.check_applicable("tls").unwrap_err().to_string(),
+            "assertion 2 (header:etag exists): a header assertion needs an http monitor; this one is tls"
+        );
+        assert_eq!(
+            all.check_applicable("tcp").unwrap_err().to_string(),
+            "assertion 1 (cert:expires > 1d): a cert assertion needs an http or tls monitor; this one is tcp"
+        );
+        let table = [
+            (
+                "status:200",
+                "a status assertion needs an http monitor; this one is dns",
+            ),
+            (
+                "body:contains x",
+                "a body assertion needs an http monitor; this one is dns",
+            ),
+            (
+                "json:$.a exists",
+                "a json assertion needs an http monitor; this one is dns",
+            ),
+            (
+                "time:ttfb < 5",
+                "a ttfb assertion needs an http monitor; this one is dns",
+            ),
+        ];
+        for (text, problem) in table {
+            let err = Assertions::from_texts(&[text])
+                .unwrap()
+                .check_applicable("dns")
+                .unwrap_err();
+            assert_eq!(
+                err,
+                InvalidAssertion::NotApplicable {
+                    index: 0,
+                    text: text.into(),
+                    problem: problem.into()
+                }
+            );
+        }
+        assert_eq!(
+            Assertions::from_texts(&["time:total < 5"])
+                .unwrap()
+                .check_applicable("dns"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_json_schema_describes_the_stored_form() {
+        let schema = serde_json::to_value(schemars::schema_for!(AssertionSpec)).unwrap();
+        let text = schema.to_string();
+        for word in [
+            "\"status\"",
+            "\"response_time\"",
+            "\"cert_expiry\"",
+            "\"not_exists\"",
+            "\"==\"",
+            "\"max_ms\"",
+            "\"min_days\"",
+        ] {
+            assert!(text.contains(word), "{word} missing from {text}");
+        }
+        // `value` is optional for json and header.
+        let json = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["properties"]["type"]["const"] == "json")
+            .unwrap();
+        assert_eq!(json["required"], json!(["type", "path", "op"]));
     }
 }
