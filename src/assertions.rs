@@ -894,10 +894,11 @@ fn split_path(text: &str) -> (&str, &str) {
             '\'' | '"' => quote = Some(c),
             '[' | '(' => depth += 1,
             ']' | ')' => depth = depth.saturating_sub(1),
-            c if c.is_whitespace() && depth == 0 => {
-                if !text[i..].trim_start().starts_with(['.', '[']) {
-                    return text.split_at(i);
-                }
+            c if c.is_whitespace()
+                && depth == 0
+                && !text[i..].trim_start().starts_with(['.', '[']) =>
+            {
+                return text.split_at(i);
             }
             _ => {}
         }
@@ -1257,7 +1258,7 @@ fn check_header(name: &HeaderName, check: &HeaderCheck, headers: &HeaderMap) -> 
             )))
         }
         HeaderCheck::Exists | HeaderCheck::NotExists => return Ok(()),
-        HeaderCheck::Equals(want) if values.iter().any(|v| *v == want.as_bytes()) => return Ok(()),
+        HeaderCheck::Equals(want) if values.contains(&want.as_bytes()) => return Ok(()),
         HeaderCheck::Matches(p) if values.iter().any(|v| p.0.is_match(v)) => return Ok(()),
         HeaderCheck::Equals(want) => quoted(want),
         HeaderCheck::Matches(p) => format!("to match {}", quoted(p.as_str())),
