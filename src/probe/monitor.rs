@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::kinds::{self, Target};
-use crate::assertions::{Assertion, Assertions};
+use crate::assertions::{Assertion, Assertions, BodyCheck, StatusSet};
 
 /// Bodies are read up to this many bytes unless the monitor says otherwise; a longer
 /// body fails with `body_too_large`.
@@ -356,15 +356,15 @@ fn judged_by(spec: &MonitorSpec) -> Result<Assertions, InvalidMonitor> {
     let mut all = Assertions::default();
     if spec.kind == Kind::Http {
         if !spec.assertions.has_status() {
-            let status = Assertion::status(&spec.expected_status)
+            let status = StatusSet::parse(&spec.expected_status)
                 .map_err(|err| invalid("expected_status", err))?;
-            all.push(status);
+            all.push(Assertion::Status(status));
         }
         if let Some(text) = &spec.body_contains {
             if text.is_empty() {
                 return Err(invalid("body_contains", "is empty; leave it unset instead"));
             }
-            all.push(Assertion::body_contains(text));
+            all.push(Assertion::Body(BodyCheck::Contains(text.clone())));
         }
     }
     for assertion in spec.assertions.iter() {
