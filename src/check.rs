@@ -289,7 +289,12 @@ fn detail_lines(details: &Value) -> Vec<String> {
     if let Some(rcode) = details.get("rcode") {
         lines.push(format!("rcode: {}", text(rcode)));
     }
-    for answer in details.get("answers").and_then(Value::as_array).into_iter().flatten() {
+    for answer in details
+        .get("answers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         lines.push(format!("answer: {}", text(answer)));
     }
     for key in ["subject", "issuer"] {
