@@ -141,7 +141,7 @@ fn prober_from_args(args: &CheckArgs) -> anyhow::Result<Prober> {
     if let Some(path) = &args.ca_file {
         builder = builder.ca_file(path);
     }
-    builder.build()
+    Ok(builder.build()?)
 }
 
 /// Builds the monitor, or says what is wrong with the command line.

@@ -17,12 +17,12 @@ use url::Host;
 
 use super::observation::Observation;
 use super::timings::Phase;
-use super::{Failure, IpFamily, Prober};
+use super::{Failure, IpFamily, Prober, ProberError};
 use crate::probe::ErrorKind;
 
 /// Builds the shared resolver: `servers` when given (ip:port), else the system
 /// configuration (`/etc/resolv.conf`).
-pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> anyhow::Result<TokioResolver> {
+pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> Result<TokioResolver, ProberError> {
     let mut builder = match servers {
         Some(servers) => {
             let name_servers = servers
@@ -40,9 +40,9 @@ pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> anyhow::Result<T
                 TokioRuntimeProvider::default(),
             )
         }
-        None => TokioResolver::builder_tokio().map_err(|err| {
-            anyhow::anyhow!("reading the system DNS configuration (/etc/resolv.conf): {err}; set VANTAGE_DNS_SERVERS")
-        })?,
+        None => {
+            TokioResolver::builder_tokio().map_err(|err| ProberError::SystemDns(err.to_string()))?
+        }
     };
     let opts = builder.options_mut();
     // The default caches 8,192 entries: later probes would measure ~35 µs cache hits.
@@ -51,7 +51,9 @@ pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> anyhow::Result<T
     // still bounds everything.
     opts.timeout = std::time::Duration::from_secs(2);
     opts.attempts = 2;
-    Ok(builder.build()?)
+    builder
+        .build()
+        .map_err(|err| ProberError::Resolver(err.to_string()))
 }
 
 /// Parses `VANTAGE_DNS_SERVERS`: a comma-separated list of `ip` or `ip:port`

@@ -47,6 +47,27 @@ pub use redirect_policy::RedirectPolicy;
 pub use report::{ErrorKind, ProbeReport, ProbeStatus};
 pub use timings::Phase;
 
+/// Why a [`Prober`] could not be built; each names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ProberError {
+    #[error("VANTAGE_DNS_SERVERS: {0}")]
+    DnsServers(String),
+    #[error(
+        "reading the system DNS configuration (/etc/resolv.conf): {0}; set VANTAGE_DNS_SERVERS"
+    )]
+    SystemDns(String),
+    #[error("building the DNS resolver: {0}")]
+    Resolver(String),
+    #[error("CA file {path}: {problem}")]
+    CaFile { path: PathBuf, problem: String },
+    #[error("extra CA certificate rejected: {0}")]
+    ExtraRoot(String),
+    #[error("the system random generator is not available")]
+    Random,
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
 /// Why a probe step failed: becomes `error_kind` and `error_message`.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
@@ -80,7 +101,7 @@ impl Prober {
     /// A prober configured from the environment: `VANTAGE_DNS_SERVERS` (comma list
     /// of `ip` or `ip:port`) replaces the system resolver configuration,
     /// `VANTAGE_CA_FILE` adds PEM roots to the compiled-in public ones.
-    pub fn from_env() -> anyhow::Result<Prober> {
+    pub fn from_env() -> Result<Prober, ProberError> {
         Self::builder().env()?.build()
     }
 
@@ -192,7 +213,7 @@ impl ProberBuilder {
     }
 
     /// Applies `VANTAGE_DNS_SERVERS` and `VANTAGE_CA_FILE` when set and not empty.
-    pub fn env(self) -> anyhow::Result<Self> {
+    pub fn env(self) -> Result<Self, ProberError> {
         let mut builder = self.dns_servers_from_env()?;
         if let Some(path) = non_empty_env("VANTAGE_CA_FILE") {
             builder = builder.ca_file(path);
@@ -201,16 +222,15 @@ impl ProberBuilder {
     }
 
     /// Applies `VANTAGE_DNS_SERVERS` (comma list of `ip` or `ip:port`) when set.
-    pub fn dns_servers_from_env(mut self) -> anyhow::Result<Self> {
+    pub fn dns_servers_from_env(mut self) -> Result<Self, ProberError> {
         if let Some(text) = non_empty_env("VANTAGE_DNS_SERVERS") {
-            let servers = dns::parse_dns_servers(&text)
-                .map_err(|err| anyhow::anyhow!("VANTAGE_DNS_SERVERS: {err}"))?;
+            let servers = dns::parse_dns_servers(&text).map_err(ProberError::DnsServers)?;
             self = self.dns_servers(servers);
         }
         Ok(self)
     }
 
-    pub fn build(self) -> anyhow::Result<Prober> {
+    pub fn build(self) -> Result<Prober, ProberError> {
         let mut roots = self.extra_roots;
         for path in &self.ca_files {
             roots.extend(tls::read_pem_roots(path)?);

@@ -32,7 +32,7 @@ use super::certificate::{forward_handshake_signatures, LeafFacts};
 use super::observation::Observation;
 use super::timings::Phase;
 use super::verified_chains::RememberingVerifier;
-use super::Failure;
+use super::{Failure, ProberError};
 use crate::probe::ErrorKind;
 
 /// The shared TLS pieces of a [`super::Prober`].
@@ -49,35 +49,37 @@ impl TlsConfigs {
     pub(crate) fn new(
         extra_roots: &[CertificateDer<'static>],
         chain_cache_capacity: usize,
-    ) -> anyhow::Result<TlsConfigs> {
+    ) -> Result<TlsConfigs, ProberError> {
         let provider = Arc::new(probe_crypto_provider());
         // aws-lc seeds its random generator on first use, from CPU jitter: ~50 ms of CPU
         // once per process. Do it now, or the first probe's TLS phase would carry it.
-        aws_lc_rs::rand::fill(&mut [0u8; 1])
-            .map_err(|_| anyhow::anyhow!("the system random generator is not available"))?;
+        aws_lc_rs::rand::fill(&mut [0u8; 1]).map_err(|_| ProberError::Random)?;
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         for cert in extra_roots {
             roots
                 .add(cert.clone())
-                .map_err(|err| anyhow::anyhow!("extra CA certificate rejected: {err}"))?;
+                .map_err(|err| ProberError::ExtraRoot(err.to_string()))?;
         }
         let validating = Arc::new(RememberingVerifier::new(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()?,
+                .build()
+                .map_err(|err| ProberError::Tls(err.to_string()))?,
             chain_cache_capacity,
         ));
-        let base = |verifier: Arc<dyn ServerCertVerifier>| -> anyhow::Result<Arc<ClientConfig>> {
-            let mut config = ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            config.resumption = Resumption::disabled();
-            Ok(Arc::new(config))
-        };
+        let base =
+            |verifier: Arc<dyn ServerCertVerifier>| -> Result<Arc<ClientConfig>, ProberError> {
+                let mut config = ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|err| ProberError::Tls(err.to_string()))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                config.resumption = Resumption::disabled();
+                Ok(Arc::new(config))
+            };
         let verifying = base(validating.clone())?;
         let insecure = base(Arc::new(AcceptAnything(provider.clone())))?;
         Ok(TlsConfigs {
@@ -450,14 +452,21 @@ pub(crate) fn negotiated_h2(stream: &TlsStream<TcpStream>) -> bool {
 /// Reads PEM certificates from `path` for use as extra roots.
 pub(crate) fn read_pem_roots(
     path: &std::path::Path,
-) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+) -> Result<Vec<CertificateDer<'static>>, ProberError> {
     use rustls::pki_types::pem::PemObject;
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|err| anyhow::anyhow!("CA file {}: {err}", path.display()))?
+        .map_err(|err| ca_file(path, err))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| anyhow::anyhow!("CA file {}: {err}", path.display()))?;
+        .map_err(|err| ca_file(path, err))?;
     if certs.is_empty() {
-        anyhow::bail!("CA file {}: no PEM certificate found", path.display());
+        return Err(ca_file(path, "no PEM certificate found"));
     }
     Ok(certs)
+}
+
+fn ca_file(path: &std::path::Path, problem: impl std::fmt::Display) -> ProberError {
+    ProberError::CaFile {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
 }
