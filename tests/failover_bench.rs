@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use support::cluster::{
-    agent_id_of, eventually, leader_first, seed_datacenters, seed_monitor, serve_target,
+    agent_id_of, leader_first, seed_datacenters, seed_monitor, serve_target,
     wait_for_leader_probing, Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const ROUNDS: usize = 5;

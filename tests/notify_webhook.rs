@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use support::cluster::{eventually, seed_datacenters, seed_monitor};
+use support::cluster::{seed_datacenters, seed_monitor};
+use support::eventually::eventually;
 use support::notify::{
     open_incident, outbox, resolve_incident, webhook_channel, Received, Receiver,
 };
