@@ -29,7 +29,7 @@ async fn first_probe_by(db: &TestDb, monitor: i32, agent: i64) -> DateTime<Utc> 
         "the new leader's first heartbeat",
         Duration::from_secs(30),
         || async {
-            sqlx::query_scalar(
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
             "SELECT min(executed_at) FROM api_heartbeats WHERE monitor_id = $1 AND agent_id = $2",
         )
         .bind(monitor)
