@@ -135,10 +135,11 @@ async fn hand_over(db: &TestDb, scope: LeadershipScope) {
         .expect("the leader resigns within the deadline")
         .unwrap();
     assert_eq!(*first_leadership.borrow(), Leadership::Standby);
-    assert_eq!(
-        terms(&db.pool, scope).await.first(),
-        Some(&(first_term, true)),
-        "the resigning leader closed its term"
+    // The standby may have opened the next term already: it was notified.
+    let after_resign = terms(&db.pool, scope).await;
+    assert!(
+        after_resign.contains(&(first_term, true)),
+        "the resigning leader closed its term: {after_resign:?}"
     );
 
     let taken = wait_for("the standby to take over", &mut second_leadership, |l| {
