@@ -20,6 +20,7 @@ pub mod probe;
 pub mod rollup;
 pub mod runner;
 pub mod schedule;
+pub mod services;
 pub mod storage;
 pub mod telemetry;
 pub mod up;

@@ -15,6 +15,7 @@ use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::assertions::Assertions;
@@ -160,8 +161,9 @@ pub async fn load(
     Ok((runnable, rejected))
 }
 
-/// Keeps a [`MonitorSet`] current until `shutdown`. The first load happens before this
-/// returns, so the caller starts with the real set (or an error it can report).
+/// Keeps a [`MonitorSet`] current until `shutdown`; returns it with the watcher's task.
+/// The first load happens before this returns, so the caller starts with the real set
+/// (or an error it can report).
 pub async fn watch_monitors(
     pool: PgPool,
     listen_options: PgConnectOptions,
@@ -169,14 +171,14 @@ pub async fn watch_monitors(
     full_reload_every: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<watch::Receiver<MonitorSet>, sqlx::Error> {
+) -> Result<(watch::Receiver<MonitorSet>, JoinHandle<()>), sqlx::Error> {
     let mut reporter = RejectionReporter::default();
     let (monitors, rejected) = load(&pool, datacenter_id).await?;
     reporter.report(&rejected);
     tracing::info!(monitors = monitors.len(), "monitor configuration loaded");
     let (publish, subscribe) = watch::channel(into_set(monitors));
 
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut listener = None;
         let mut tick = tokio::time::interval(full_reload_every);
         tick.reset();
@@ -215,7 +217,7 @@ pub async fn watch_monitors(
             }
         }
     });
-    Ok(subscribe)
+    Ok((subscribe, task))
 }
 
 fn into_set(monitors: Vec<RunnableMonitor>) -> MonitorSet {
