@@ -291,7 +291,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("setting up the prober")]
-    Prober(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Prober(#[from] crate::probe::ProberError),
 }
 
 pub async fn execute(args: RunArgs) -> Result<std::process::ExitCode, RunError> {
@@ -444,7 +444,7 @@ pub async fn execute(args: RunArgs) -> Result<std::process::ExitCode, RunError> 
     tracing::info!(listen = %args.listen, "endpoints listening");
 
     let probing = Probing {
-        prober: Prober::from_env().map_err(|err| RunError::Prober(err.into()))?,
+        prober: Prober::from_env()?,
         heartbeats,
         datacenter: args.datacenter.clone(),
         datacenter_id,

@@ -122,7 +122,7 @@ pub enum NotifyConfigError {
     ZeroConcurrency,
     /// The HTTP client (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
     #[error("setting up the HTTP client of notifications")]
-    Prober(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Prober(#[from] crate::probe::ProberError),
 }
 
 impl NotifyArgs {
@@ -132,7 +132,7 @@ impl NotifyArgs {
         if self.notify_concurrency == 0 {
             return Err(NotifyConfigError::ZeroConcurrency);
         }
-        let prober = Prober::from_env().map_err(|err| NotifyConfigError::Prober(err.into()))?;
+        let prober = Prober::from_env()?;
         let mut config = NotifyConfig::new(Arc::new(prober));
         config.attempt_timeout = self.notify_attempt_timeout;
         config.backoff_base = self.notify_backoff_base;
