@@ -1,7 +1,8 @@
 //! The `dns` kind: `dns://name?type=MX&server=192.0.2.53`. One query of one record
 //! type (A, AAAA, CNAME, MX, TXT, NS or SOA; A by default) to the system resolver, or
 //! to `server` (ip or ip:port) when given. The answers and the response code are
-//! stored in `details` (`{"rcode": "NOERROR", "answers": ["10 mx.example.com."]}`).
+//! stored in `details` (`{"rcode": "NOERROR", "answers": ["10 mx.example.com."]}`,
+//! the response code as dig prints it).
 //!
 //! By default a probe succeeds on NOERROR with at least one answer. The settings can
 //! ask for more: `answers` lists values that must all be among the answers (compared
@@ -217,7 +218,7 @@ pub(crate) async fn probe(
             ))
         }
     };
-    seen.details = Some(json!({ "rcode": rcode.to_str(), "answers": answers }));
+    seen.details = Some(json!({ "rcode": mnemonic(rcode), "answers": answers }));
     judge(dns, name, rcode, &answers)
 }
 
@@ -234,7 +235,7 @@ fn judge(
             ErrorKind::AssertionFailed,
             format!(
                 "rcode: expected NXDOMAIN, got {} with {} {rtype} answer(s)",
-                rcode.to_str(),
+                mnemonic(rcode),
                 answers.len()
             ),
         )),
@@ -267,8 +268,21 @@ fn judge(
         }
         (Expected::Answers, other) => Err(Failure::new(
             ErrorKind::DnsError,
-            format!("{name}: the server answered {}", other.to_str()),
+            format!("{name}: the server answered {}", mnemonic(other)),
         )),
+    }
+}
+
+/// The response code as dig prints it (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...).
+fn mnemonic(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
     }
 }
 
