@@ -6,7 +6,7 @@
 
 pub mod agent;
 pub mod api;
-pub mod check;
+pub mod cli;
 pub mod embedded_postgres;
 pub mod heartbeat;
 pub mod housekeeping;
@@ -21,7 +21,6 @@ pub mod runner;
 pub mod schedule;
 pub mod storage;
 pub mod telemetry;
-pub mod up;
 
 pub use heartbeat::Heartbeat;
 pub use probe::{ErrorKind, ProbeReport, ProbeStatus};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use proptest::prelude::*;
-use vantage::check::{monitor_from_args, parse_byte_size, CheckArgs};
+use vantage::cli::check::{monitor_from_args, parse_byte_size, CheckArgs};
 use vantage::probe::dns::parse_dns_servers;
 use vantage::probe::http::StatusSet;
 use vantage::probe::redirect_policy::{is_public, AddressClass};
