@@ -41,7 +41,7 @@ pub struct RunArgs {
     pub listen: SocketAddr,
     /// Most probes in flight at once. 1 to 100000.
     #[arg(long, env = "VANTAGE_MAX_CONCURRENT_PROBES", default_value_t = 1024,
-          value_parser = number(1..=100_000))]
+          value_parser = number::<usize>(1..=100_000))]
     pub max_concurrent_probes: usize,
     /// How long a leader that lost the database keeps probing (and spooling) while it
     /// reconnects. 0 = stop at once; at most 1h.
@@ -54,7 +54,7 @@ pub struct RunArgs {
     /// Days of heartbeats kept; older daily partitions are dropped by the leader.
     /// 1 to 3650.
     #[arg(long, env = "VANTAGE_RETENTION_DAYS", default_value_t = 30,
-          value_parser = number(1..=3650))]
+          value_parser = number::<u32>(1..=3650))]
     pub retention_days: u32,
     /// Full configuration reload interval (a safety net behind LISTEN/NOTIFY). 1s to 1day.
     #[arg(long, env = "VANTAGE_CONFIG_RELOAD_INTERVAL", default_value = "30s",
@@ -78,7 +78,7 @@ pub struct RunArgs {
     /// past it, while the spool cannot be written, heartbeats are lost and counted.
     /// 1000 to 10000000.
     #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000,
-          value_parser = number(1_000..=10_000_000))]
+          value_parser = number::<usize>(1_000..=10_000_000))]
     pub writer_memory_rows: usize,
     /// How long a standby waits, seeing the leader's lease unrenewed (a hung leader),
     /// before it ends the leader's database session and takes over. 6s to 10m.
@@ -168,4 +168,28 @@ fn setting(arg: Option<&clap::Arg>, value: &str) -> String {
         let _ = write!(name, " (--{long})");
     }
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// Each parser's value type is the field's (clap checks that only when reading).
+    #[test]
+    fn the_defaults_parse_into_their_fields() {
+        let cli =
+            Cli::try_parse_from(["vantage", "--datacenter", "va", "--database-url", "x"]).unwrap();
+        assert_eq!(cli.run.max_concurrent_probes, 1024);
+        assert_eq!(cli.run.retention_days, 30);
+        assert_eq!(cli.run.writer_memory_rows, 100_000);
+        assert_eq!(cli.run.leader_lease, Duration::from_secs(10));
+    }
 }
