@@ -7,7 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod assertions;
-pub mod check;
+pub mod cli;
 pub mod embedded_postgres;
 pub mod heartbeat;
 pub mod housekeeping;
@@ -23,7 +23,6 @@ pub mod schedule;
 pub mod services;
 pub mod storage;
 pub mod telemetry;
-pub mod up;
 
 pub use heartbeat::Heartbeat;
 pub use probe::{ErrorKind, ProbeReport, ProbeStatus};

@@ -1,10 +1,10 @@
-//! The `vantage` binary: parses the command line and hands each subcommand to the
-//! library. Nothing else lives here.
+//! The `vantage` binary: parses the command line, starts logging and hands each
+//! subcommand to its module under `src/cli/`. Nothing else lives here.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vantage::storage;
+use vantage::cli::{self, check, incidents, migrate, notify, run, seed_example, up};
 use vantage::telemetry::{self, LogFormat};
 
 /// mimalloc instead of glibc's malloc: a probe makes hundreds of short-lived
@@ -37,96 +37,61 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Probe one URL once over a fresh connection and print every phase.
-    Check(vantage::check::CheckArgs),
+    Check(check::CheckArgs),
     /// Run one instance of a datacenter: elect a leader, probe the datacenter's monitors.
-    Run(vantage::runner::RunArgs),
+    Run(run::RunArgs),
     /// The whole system on this machine: private Postgres, 2 datacenters x 2 instances.
-    Up(vantage::up::UpArgs),
+    Up(up::UpArgs),
     /// Create the database if needed and apply pending migrations (DATABASE_URL).
-    Migrate(DatabaseArgs),
+    Migrate(cli::DatabaseArgs),
     /// Load the example datacenters, schedules and monitors (idempotent; DATABASE_URL).
-    SeedExample(DatabaseArgs),
+    SeedExample(cli::DatabaseArgs),
     /// Open incidents (or all since --since 7d); `incidents ack ID` acknowledges one.
-    Incidents(vantage::incidents::cli::IncidentsArgs),
+    Incidents(incidents::IncidentsArgs),
     /// Maintenance windows: `add`, `list`, `end`.
-    Maintenance(vantage::incidents::cli::MaintenanceArgs),
+    Maintenance(incidents::MaintenanceArgs),
     /// List the latest notifications, or only those given up (--failed).
-    Notifications(vantage::notify::cli::NotificationsArgs),
+    Notifications(notify::NotificationsArgs),
     /// Notification channels: send a test message, make a webhook secret.
     #[command(subcommand)]
-    Notify(vantage::notify::cli::NotifyCommand),
+    Notify(notify::NotifyCommand),
 }
 
-#[derive(clap::Args)]
-struct DatabaseArgs {
-    /// postgres://user:password@host:port/database
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+impl Command {
+    /// Commands whose output is for a person (a probe's phases, a live summary, a
+    /// table) log only problems; the others log their progress.
+    fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Check(_)
+            | Command::Up(_)
+            | Command::Incidents(_)
+            | Command::Maintenance(_)
+            | Command::Notifications(_) => "warn",
+            Command::Run(_)
+            | Command::Migrate(_)
+            | Command::SeedExample(_)
+            | Command::Notify(_) => "info",
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    telemetry::init(cli.log_format, cli.command.default_log_level());
     let result = match cli.command {
-        Command::Check(args) => {
-            telemetry::init(cli.log_format, "warn");
-            vantage::check::execute(args).await
-        }
-        Command::Run(args) => {
-            telemetry::init(cli.log_format, "info");
-            vantage::runner::execute(args).await.map_err(Into::into)
-        }
-        Command::Up(args) => {
-            // The live summary owns the terminal; only problems are logged.
-            telemetry::init(cli.log_format, "warn");
-            vantage::up::execute(args).await.map_err(Into::into)
-        }
-        Command::Migrate(args) => {
-            telemetry::init(cli.log_format, "info");
-            migrate(&args.database_url).await
-        }
-        Command::SeedExample(args) => {
-            telemetry::init(cli.log_format, "info");
-            seed_example(&args.database_url).await
-        }
-        Command::Incidents(args) => {
-            telemetry::init(cli.log_format, "warn");
-            vantage::incidents::cli::incidents(args).await
-        }
-        Command::Maintenance(args) => {
-            telemetry::init(cli.log_format, "warn");
-            vantage::incidents::cli::maintenance(args).await
-        }
-        Command::Notifications(args) => {
-            telemetry::init(cli.log_format, "warn");
-            vantage::notify::cli::notifications(args).await
-        }
-        Command::Notify(command) => {
-            telemetry::init(cli.log_format, "info");
-            vantage::notify::cli::notify(command).await
-        }
+        Command::Check(args) => check::execute(args).await,
+        Command::Run(args) => run::execute(args).await,
+        Command::Up(args) => up::execute(args).await.map_err(Into::into),
+        Command::Migrate(args) => migrate::execute(args).await,
+        Command::SeedExample(args) => seed_example::execute(args).await,
+        Command::Incidents(args) => incidents::incidents(args).await,
+        Command::Maintenance(args) => incidents::maintenance(args).await,
+        Command::Notifications(args) => notify::notifications(args).await,
+        Command::Notify(command) => notify::notify(command).await,
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
         ExitCode::FAILURE
     })
-}
-
-async fn migrate(url: &str) -> anyhow::Result<ExitCode> {
-    storage::ensure_database_exists(url).await?;
-    let pool = storage::connect(url).await?;
-    let pending = storage::pending_migrations(&pool).await?;
-    storage::migrate(&pool).await?;
-    println!("schema up to date ({pending} migration(s) applied)");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn seed_example(url: &str) -> anyhow::Result<ExitCode> {
-    let pool = storage::connect(url).await?;
-    if storage::pending_migrations(&pool).await? > 0 {
-        anyhow::bail!("the schema is not up to date: run `vantage migrate` first");
-    }
-    storage::seed_example(&pool).await?;
-    println!("example datacenters, schedules and monitors loaded");
-    Ok(ExitCode::SUCCESS)
 }

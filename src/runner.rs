@@ -7,8 +7,8 @@
 //! housekeeping and the HTTP endpoints. While this instance leads, a scheduler fires the
 //! datacenter's monitors and hands every report to the writer; it starts a probe only
 //! while the elector's lease is valid, and after each takeover it replays the slots
-//! missed since the last stored heartbeats. Settings are range-checked before anything
-//! starts ([`RunArgs::validate`]).
+//! missed since the last stored heartbeats. Its settings ([`RunArgs`]) come range-checked
+//! from the command line.
 //!
 //! Every background service is started the same way, with the one shutdown token, and
 //! its task recorded by name ([`crate::services`]); only the writer has a stop of its own,
@@ -21,8 +21,6 @@
 //! within its budget (`SHUTDOWN_*`).
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,10 +37,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::{self, AgentIdentity, Registration};
 use crate::api::{self, InstanceView};
+use crate::cli::run::RunArgs;
 use crate::heartbeat::Heartbeat;
 use crate::housekeeping::{self, HousekeepingError};
 use crate::incidents::{self, EvaluatorConfig};
-use crate::leadership::{self, ElectionConfig, Elector, Leadership, LeadershipScope};
+use crate::leadership::{ElectionConfig, Elector, Leadership, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
 use crate::notify::{self, NotifyConfigError};
@@ -50,172 +49,6 @@ use crate::probe::Prober;
 use crate::schedule::{CatchUpBound, DispatchGate, Fire, ScheduleEntry, Scheduler};
 use crate::services::Services;
 use crate::storage::{self, HeartbeatSender, HeartbeatWriter, WriterConfig};
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// Code of the datacenter this instance serves (a row in `datacenters`), e.g. `va`.
-    #[arg(long, env = "VANTAGE_DATACENTER")]
-    pub datacenter: String,
-    /// PostgreSQL URL. Must reach Postgres directly (not PgBouncer in transaction mode):
-    /// the leadership lock and LISTEN need a real session.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Name of this instance in `agents`; default `<hostname>-<pid>`.
-    #[arg(long, env = "VANTAGE_INSTANCE_NAME")]
-    pub instance_name: Option<String>,
-    /// Address of the HTTP endpoints (/healthz, /readyz, /status).
-    #[arg(long, env = "VANTAGE_LISTEN", default_value = "0.0.0.0:9790")]
-    pub listen: SocketAddr,
-    /// Most probes in flight at once.
-    #[arg(long, env = "VANTAGE_MAX_CONCURRENT_PROBES", default_value_t = 1024)]
-    pub max_concurrent_probes: usize,
-    /// How long a leader that lost the database keeps probing (and spooling) while it
-    /// reconnects. 0 = stop at once.
-    #[arg(long, env = "VANTAGE_DB_OUTAGE_GRACE", default_value = "2m", value_parser = humantime::parse_duration)]
-    pub db_outage_grace: Duration,
-    /// Where heartbeats are spooled while the database is unreachable.
-    #[arg(long, env = "VANTAGE_SPOOL_DIR", default_value = ".vantage/spool")]
-    pub spool_dir: PathBuf,
-    /// Days of heartbeats kept; older daily partitions are dropped by the leader.
-    #[arg(long, env = "VANTAGE_RETENTION_DAYS", default_value_t = 30)]
-    pub retention_days: u32,
-    /// Full configuration reload interval (a safety net behind LISTEN/NOTIFY).
-    #[arg(long, env = "VANTAGE_CONFIG_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub config_reload_interval: Duration,
-    /// How long shutdown waits for in-flight probes.
-    #[arg(long, env = "VANTAGE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_timeout: Duration,
-    /// Apply pending migrations at start (safe with many instances starting at once).
-    /// With `false`, an outdated schema is an error telling you to run `vantage migrate`.
-    #[arg(long, env = "VANTAGE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub auto_migrate: bool,
-    /// Once the database has stored nothing for this long, heartbeats that waited this
-    /// long in memory are written to the spool and fsync'd: what a crash during a
-    /// database outage can lose. 10ms to 60s.
-    #[arg(long, env = "VANTAGE_SPOOL_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_spool_flush_interval)]
-    pub spool_flush_interval: Duration,
-    /// The most heartbeats held in memory neither stored nor spooled (about 0.7 kB each);
-    /// past it, while the spool cannot be written, heartbeats are lost and counted.
-    #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000, value_parser = parse_writer_memory_rows)]
-    pub writer_memory_rows: usize,
-    /// How long a standby waits, seeing the leader's lease unrenewed (a hung leader),
-    /// before it ends the leader's database session and takes over.
-    #[arg(long, env = "VANTAGE_LEADER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub leader_lease: Duration,
-    /// Notification delivery, on the instance that leads the incident evaluator.
-    #[command(flatten)]
-    pub notify: notify::NotifyArgs,
-}
-
-fn parse_writer_memory_rows(text: &str) -> Result<usize, String> {
-    match text.parse() {
-        Ok(rows) if (1_000..=10_000_000).contains(&rows) => Ok(rows),
-        _ => Err(format!(
-            "VANTAGE_WRITER_MEMORY_ROWS={text:?} is not a number from 1000 to 10000000"
-        )),
-    }
-}
-
-fn parse_spool_flush_interval(text: &str) -> Result<Duration, String> {
-    let interval = humantime::parse_duration(text).map_err(|err| {
-        format!(
-            "VANTAGE_SPOOL_FLUSH_INTERVAL={text:?} is not a duration ({err}); use e.g. 1s or 500ms"
-        )
-    })?;
-    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval) {
-        return Err(format!(
-            "VANTAGE_SPOOL_FLUSH_INTERVAL={text:?} is out of range; use 10ms to 60s"
-        ));
-    }
-    Ok(interval)
-}
-
-/// A setting outside the range this version accepts.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}={value} (--{flag}) is out of range; use a value from {min} to {max}")]
-pub struct OutOfRange {
-    pub variable: &'static str,
-    pub flag: &'static str,
-    pub value: String,
-    pub min: String,
-    pub max: String,
-}
-
-impl RunArgs {
-    /// Every number and duration has a range; a value outside it is refused at start,
-    /// naming the variable, instead of panicking or spinning later (a zero reload
-    /// interval once panicked a task and left configuration changes unapplied).
-    pub fn validate(&self) -> Result<(), OutOfRange> {
-        const SECOND: Duration = Duration::from_secs(1);
-        const MINUTE: Duration = Duration::from_secs(60);
-        const HOUR: Duration = Duration::from_secs(3600);
-        check(
-            "VANTAGE_MAX_CONCURRENT_PROBES",
-            "max-concurrent-probes",
-            self.max_concurrent_probes,
-            1..=100_000,
-            |n| n.to_string(),
-        )?;
-        check(
-            "VANTAGE_DB_OUTAGE_GRACE",
-            "db-outage-grace",
-            self.db_outage_grace,
-            Duration::ZERO..=HOUR,
-            show_duration,
-        )?;
-        check(
-            "VANTAGE_RETENTION_DAYS",
-            "retention-days",
-            self.retention_days,
-            1..=3650,
-            |n| n.to_string(),
-        )?;
-        check(
-            "VANTAGE_CONFIG_RELOAD_INTERVAL",
-            "config-reload-interval",
-            self.config_reload_interval,
-            SECOND..=24 * HOUR,
-            show_duration,
-        )?;
-        check(
-            "VANTAGE_SHUTDOWN_TIMEOUT",
-            "shutdown-timeout",
-            self.shutdown_timeout,
-            Duration::ZERO..=10 * MINUTE,
-            show_duration,
-        )?;
-        check(
-            "VANTAGE_LEADER_LEASE",
-            "leader-lease",
-            self.leader_lease,
-            leadership::MIN_LEASE..=10 * MINUTE,
-            show_duration,
-        )
-    }
-}
-
-fn check<V: PartialOrd + Copy>(
-    variable: &'static str,
-    flag: &'static str,
-    value: V,
-    range: RangeInclusive<V>,
-    show: impl Fn(V) -> String,
-) -> Result<(), OutOfRange> {
-    if range.contains(&value) {
-        return Ok(());
-    }
-    Err(OutOfRange {
-        variable,
-        flag,
-        value: show(value),
-        min: show(*range.start()),
-        max: show(*range.end()),
-    })
-}
-
-fn show_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
 
 /// A new leader still probes a slot that passed at most this long ago (see
 /// `Scheduler::with_catch_up`): it covers the time a hand-over takes, so a graceful
@@ -250,8 +83,6 @@ const SHUTDOWN_TEARDOWN: Duration = Duration::from_secs(1);
 /// its source, what went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error(transparent)]
-    Settings(#[from] OutOfRange),
     /// The URL's text is redacted (no password).
     #[error("DATABASE_URL is not a valid PostgreSQL URL ({0}); expected postgres://user:password@host:port/database")]
     DatabaseUrl(String),
@@ -295,7 +126,6 @@ pub enum RunError {
 }
 
 pub async fn execute(args: RunArgs) -> Result<std::process::ExitCode, RunError> {
-    args.validate()?;
     let connect_options = PgConnectOptions::from_str(&args.database_url)
         .map_err(|err| RunError::DatabaseUrl(storage::redact_error(&err)))?;
     let shutdown = CancellationToken::new();

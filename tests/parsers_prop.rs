@@ -14,7 +14,7 @@ use chrono::{TimeZone, Utc};
 use clap::Parser;
 use proptest::prelude::*;
 use vantage::assertions::StatusSet;
-use vantage::check::{monitor_from_args, parse_byte_size, CheckArgs};
+use vantage::cli::check::{monitor_from_args, parse_byte_size, CheckArgs};
 use vantage::probe::dns::parse_dns_servers;
 use vantage::probe::redirect_policy::{is_public, AddressClass};
 use vantage::probe::{redact_query, Monitor, MonitorSpec, RedirectPolicy};
@@ -58,9 +58,11 @@ fn status_part() -> impl Strategy<Value = (String, u16, u16)> {
     ]
 }
 
-/// A header value made of printable ASCII (what `HeaderValue::from_str` takes).
+/// A secret header value made of printable ASCII (what `HeaderValue::from_str` takes),
+/// long enough not to occur by chance in an error message's own words (`e:` is in
+/// "Name: value").
 fn header_value() -> impl Strategy<Value = String> {
-    "[!-~][ -~]{0,40}[!-~]"
+    "[!-~][ -~]{6,40}[!-~]"
 }
 
 proptest! {

@@ -1,6 +1,7 @@
 //! Hot configuration: changes to monitors take effect without a restart, and a monitor
 //! the runner cannot use is skipped with one log line while the others keep running.
-//! Settings out of range stop `vantage run` at start with one line naming the variable.
+//! Settings out of range stop `vantage run` at start with one line naming the variable
+//! (a usage error, exit code 2, like every other bad command line).
 
 mod support;
 
@@ -170,12 +171,12 @@ async fn out_of_range_settings_are_refused_at_start_naming_the_variable() {
         .unwrap_or_else(|_| panic!("{variable}={value}: vantage run did not exit"))
         .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{variable}={value}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{variable}={value}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{variable}={value}: one line: {stderr}");
         let line = lines[0];
         assert!(
-            line.contains(&format!("{variable}={value}"))
+            line.contains(&format!("{variable}=\"{value}\""))
                 && line.contains("out of range")
                 && line.contains(bound),
             "{variable}={value}: names the variable and the accepted range: {line}"

@@ -72,7 +72,20 @@ async fn every_column_round_trips() {
         .await
         .unwrap();
 
-    let full = heartbeat(1, 1, slot(10));
+    let mut full = heartbeat(1, 1, slot(10));
+    full.report.content_type = Some("application/json; charset=utf-8".into());
+    full.report.server = Some("nginx/1.25.3".into());
+    full.report.response_headers = Some(
+        [("cf-cache-status", "HIT"), ("x-served-by", "cache-lon-é")]
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .into(),
+    );
+    full.report.details = Some(serde_json::json!({
+        "rcode": "NOERROR",
+        "answers": ["192.0.2.1", "2001:db8::1"],
+        "ttl": 300,
+        "authoritative": false,
+    }));
     let mut failed = heartbeat(1, 2, slot(10));
     failed.agent_id = None;
     failed.leader_term = None;
@@ -94,10 +107,10 @@ async fn every_column_round_trips() {
         error_kind: Some(ErrorKind::ConnectTimeout),
         error_message: Some("connect timed out after 5 s \u{0} (nul)".into()),
         response_body: Some("<html>é</html>".into()),
-        content_type: None,
+        content_type: Some("text/plain\u{0}".into()),
         server: None,
         response_headers: None,
-        details: None,
+        details: Some(serde_json::json!({ "banner": "220 \u{0} hostile" })),
     };
     let mut every_kind = Vec::new();
     for (i, kind) in ErrorKind::ALL.iter().enumerate() {
@@ -125,6 +138,8 @@ async fn every_column_round_trips() {
     assert_eq!(read(1, 1).await, full);
     let mut expected = failed.clone();
     expected.report.error_message = Some("connect timed out after 5 s \u{FFFD} (nul)".into());
+    expected.report.content_type = Some("text/plain\u{FFFD}".into());
+    expected.report.details = Some(serde_json::json!({ "banner": "220 \u{FFFD} hostile" }));
     assert_eq!(read(1, 2).await, expected);
     let kinds: Vec<String> = sqlx::query_scalar(
         "SELECT error_kind FROM api_heartbeats WHERE monitor_id = 2 ORDER BY scheduled_at",
@@ -148,7 +163,8 @@ async fn read_heartbeat(pool: &PgPool, monitor_id: i32, datacenter_id: i32) -> H
         "SELECT scheduled_at, executed_at, agent_id, leader_term, status, success, http_status,
                 dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, total_ms, schedule_lag_ms,
                 response_size_bytes, host(remote_ip) AS remote_ip, http_version, tls_version,
-                tls_cert_expires_at, redirect_count, error_kind, error_message, response_body
+                tls_cert_expires_at, redirect_count, error_kind, error_message, response_body,
+                content_type, server, response_headers, details
          FROM api_heartbeats WHERE monitor_id = $1 AND datacenter_id = $2",
     )
     .bind(monitor_id)
@@ -194,10 +210,12 @@ async fn read_heartbeat(pool: &PgPool, monitor_id: i32, datacenter_id: i32) -> H
             error_kind: kind.map(|k| *ErrorKind::ALL.iter().find(|e| e.as_str() == k).unwrap()),
             error_message: row.get("error_message"),
             response_body: row.get("response_body"),
-            content_type: None,
-            server: None,
-            response_headers: None,
-            details: None,
+            content_type: row.get("content_type"),
+            server: row.get("server"),
+            response_headers: row
+                .get::<Option<sqlx::types::Json<_>>, _>("response_headers")
+                .map(|headers| headers.0),
+            details: row.get("details"),
         },
     }
 }
@@ -397,6 +415,42 @@ async fn heartbeats_spooled_by_a_stopped_writer_are_replayed_by_the_next() {
     assert!(
         files.is_empty(),
         "replayed spool files are deleted: {files:?}"
+    );
+}
+
+/// Spool files outlive a release: a line written before heartbeats had response facts
+/// (content_type, server, response_headers, details) is replayed with them NULL.
+#[tokio::test]
+async fn a_spool_file_written_before_the_response_facts_is_replayed() {
+    let db = TestDb::fresh().await;
+    let spool = tempfile::tempdir().unwrap();
+    let at = slot(20).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let line = format!(
+        r#"{{"monitor_id":3,"datacenter_id":1,"scheduled_at":"{at}","executed_at":"{at}","agent_id":7,"leader_term":3,"schedule_lag_ms":1.234,"report":{{"status":"up","http_status":200,"dns_ms":1.5,"connect_ms":0.25,"tls_ms":12.125,"ttfb_ms":30.001,"transfer_ms":0.5,"total_ms":44.376,"response_size_bytes":1256,"remote_ip":"192.0.2.10","http_version":"HTTP/1.1","tls_version":"TLSv1.3","tls_cert_expires_at":"{at}","redirect_count":0,"error_kind":null,"error_message":null}}}}"#
+    );
+    std::fs::write(
+        spool
+            .path()
+            .join("heartbeats-00000000000000000001-1-0.jsonl"),
+        format!("{line}\n"),
+    )
+    .unwrap();
+
+    let (_tx, writer) = HeartbeatWriter::spawn(db.pool.clone(), config(spool.path()))
+        .await
+        .unwrap();
+    assert_eq!(writer.stats().snapshot().spooled_rows, 1);
+    wait_for_rows(&db.pool, 1, Duration::from_secs(10)).await;
+    let summary = writer.shutdown().await;
+    assert_eq!(summary.rows_left_in_spool, 0, "{summary:?}");
+
+    let stored = read_heartbeat(&db.pool, 3, 1).await;
+    let mut expected = heartbeat(3, 1, slot(20));
+    expected.executed_at = slot(20);
+    expected.report.tls_cert_expires_at = Some(slot(20));
+    assert_eq!(
+        stored, expected,
+        "every old field stored, the new ones NULL"
     );
 }
 

@@ -7,12 +7,11 @@
 //! - [`evaluator`]: the service that runs on the one instance holding the evaluator
 //!   lock: reads new heartbeats once, persists changes with a fencing check.
 //! - [`maintenance`]: expands recurring maintenance windows into occurrences.
-//! - [`cli`]: `vantage incidents` and `vantage maintenance`.
+//! - `vantage incidents` and `vantage maintenance` live in `src/cli/incidents.rs`.
 //!
 //! It reads heartbeats and configuration and writes only the incident tables; it knows
 //! nothing of how anybody is told (notifications read `incident_events`).
 
-pub mod cli;
 pub mod decision;
 pub mod evaluator;
 pub mod maintenance;

@@ -6,7 +6,8 @@
 //! `sql/migrations/20261130000200_notifications.sql`): the worker ([`spawn`], only on
 //! the instance that leads the evaluator), one file per channel kind behind
 //! [`channel::ChannelKind`] (as Gatus keeps one provider per folder), the Standard
-//! Webhooks signer, secret resolution, and the operator commands. It does not decide
+//! Webhooks signer and secret resolution (the operator commands are in
+//! `src/cli/notify.rs`). It does not decide
 //! anything about incidents and never writes `incidents` or `incident_events`; the
 //! evaluator (`src/incidents/`) in turn knows nothing about channels.
 //!
@@ -15,7 +16,6 @@
 //! (`webhook-id`), which receivers use to drop duplicates.
 
 pub mod channel;
-pub mod cli;
 pub mod email;
 pub mod outbox;
 pub mod pagerduty;

@@ -1,7 +1,9 @@
 //! `vantage incidents` and `vantage maintenance`: what operators type to see incidents,
 //! acknowledge them, and plan maintenance. Thin: each command is one or two statements
 //! against the incident tables (and, for recurring windows, [`maintenance`]'s
-//! expansion, so a new window is known before any evaluator picks it up).
+//! expansion, so a new window is known before any evaluator picks it up). It writes
+//! only what the operator asks for (an acknowledgement, a window); opening and
+//! resolving incidents stays the evaluator's.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::maintenance;
+use crate::incidents::maintenance;
 use crate::storage;
 
 #[derive(Debug, clap::Args)]

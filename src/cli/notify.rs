@@ -1,6 +1,8 @@
 //! The operator's commands: `vantage notifications [--failed]`, `vantage notify test
 //! CHANNEL`, `vantage notify new-secret`, and the hidden `vantage notify deliver` (a
 //! worker alone, elected like the evaluator, for crash tests and benchmarks).
+//! They send through the worker's own delivery code ([`crate::notify`]) and never
+//! write incidents or their events.
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -9,11 +11,11 @@ use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::{self, Outcome};
-use super::{signature, Deliverer, NotifyArgs};
 use crate::agent::{self, AgentIdentity};
 use crate::leadership::{ElectionConfig, Elector, LeadershipScope};
 use crate::metrics::Metrics;
+use crate::notify::outbox::{self, Outcome};
+use crate::notify::{signature, Deliverer, NotifyArgs};
 use crate::storage;
 
 #[derive(Debug, clap::Args)]
@@ -175,7 +177,7 @@ async fn deliver(datacenter: &str, url: &str, delivery: &NotifyArgs) -> anyhow::
         ElectionConfig::new(options, LeadershipScope::Evaluator, agent_id),
         shutdown.clone(),
     );
-    let worker = super::spawn(
+    let worker = crate::notify::spawn(
         pool.clone(),
         elector.subscribe(),
         delivery.config()?,

@@ -1,318 +1,30 @@
-//! The heartbeat writer: probes hand heartbeats to a [`HeartbeatSender`], which never
-//! blocks and never waits on the database; one writer task batches them (by size and by
-//! time) and stores each batch with a single `INSERT ... SELECT unnest($1), unnest($2),
-//! ...`, one array parameter per column; duplicate keys are harmless (a batch that
-//! meets one is stored again with `ON CONFLICT DO NOTHING`).
+//! The writer task's state machine: heartbeats in memory, spool files (this process's
+//! and those left by earlier ones), batches in flight, retries and their back-off, and
+//! the deadlines that move rows from memory to the spool. It decides what is stored
+//! when and where a row waits meanwhile, and books every row in [`WriterStats`].
 //!
-//! Durability, and its bounds (README, "Guarantees under faults"): once Postgres has
-//! stored nothing for [`WriterConfig::spool_flush_interval`] (it is away, or hung), a
-//! heartbeat it has not stored within that interval of its arrival is appended to a
-//! spool file under [`WriterConfig::spool_dir`] and fsync'd, so a crash during an
-//! outage loses about that interval of heartbeats. A batch whose insert is still in
-//! flight is spooled too; if the insert lands after all, the replayed copy is a
-//! harmless duplicate. While inserts keep landing, a backlog in memory is not spooled:
-//! it drains faster from memory than through the disk. The writer then stores from the
-//! spool (several batches in flight, committed in order) and new heartbeats follow
-//! through it until it is drained. A spool left by a stopped or crashed process is
-//! replayed when the next writer starts. A missing daily partition is created and the
-//! batch retried. Shutdown flushes what it can within a deadline and spools the rest.
-//!
-//! Memory holds at most [`WriterConfig::memory_rows`] heartbeats that are neither
-//! stored nor spooled; reaching it spools them at once. Only while the spool cannot be
-//! written (disk full, read-only) can it stay full: heartbeats arriving then are lost,
-//! counted in `dropped_rows`, logged once per episode with their number, and never
-//! reported as spooled. The spool is retried once per flush interval meanwhile, and
-//! rows still in memory go straight to Postgres when it answers.
-//!
-//! Order of storage: heartbeats spooled by earlier processes, then this process's
-//! spool, then memory (oldest first); while this process's spool holds unstored rows,
-//! new heartbeats queue behind it, so they never overtake older ones.
-//!
-//! The task sleeps until its next deadline (a batch due, a retry, a spool flush) or an
-//! event (a heartbeat, an insert finished); while Postgres is away it does not poll.
-//!
-//! It owns the spool directory's files and nothing else on disk; it does not decide
-//! what is probed nor touch leadership.
+//! It does not know the SQL (`insert` stores one batch, `columns` says how) nor the
+//! spool's file format (`spool`); it never blocks a [`super::HeartbeatSender`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
-use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::spool::SpoolFile;
-use super::{partitions, redact_error};
-use crate::metrics::Metrics;
+use super::insert::{insert_batch, Inserted};
+use super::{FlushSummary, WriterConfig, WriterStats};
+use crate::storage::redact_error;
+use crate::storage::spool::SpoolFile;
 use crate::Heartbeat;
-
-/// Tuning of the writer. The spool directory comes from the caller (`vantage run` reads
-/// `VANTAGE_SPOOL_DIR`); the default is `.vantage/spool`.
-#[derive(Debug, Clone)]
-pub struct WriterConfig {
-    /// Where spool files live; keep it on a persistent volume.
-    pub spool_dir: PathBuf,
-    /// A batch is written when this many heartbeats are waiting...
-    pub batch_rows: usize,
-    /// ...or when the oldest waiting one is this old.
-    pub batch_delay: Duration,
-    /// Once Postgres has stored nothing for this long, heartbeats that have waited this
-    /// long in memory are written to the spool and fsync'd: what a crash during an
-    /// outage can lose.
-    pub spool_flush_interval: Duration,
-    /// The most heartbeats held in memory neither stored nor spooled. Reaching it spools
-    /// them at once; when the spool cannot be written, later heartbeats are lost (and
-    /// counted) until it can, or until Postgres stores what memory holds.
-    pub memory_rows: usize,
-    /// An insert taking longer than this counts as failed (and is retried). It also bounds
-    /// how long a connection silently cut by a network partition (no RST, no keepalive on
-    /// the client side) can hold the writer up once the network heals.
-    pub insert_timeout: Duration,
-    /// The longest wait between retries while Postgres is away.
-    pub max_retry_delay: Duration,
-    /// How long [`HeartbeatWriter::shutdown`] tries to store buffered heartbeats
-    /// before spooling them.
-    pub shutdown_timeout: Duration,
-    /// Batches from memory written concurrently (pipelining hides commit latency and
-    /// uses several server processes); spool replay pipelines as many.
-    pub max_inflight: usize,
-    /// Where batch sizes and insert latencies are reported, if anywhere.
-    pub metrics: Option<Arc<Metrics>>,
-}
-
-impl Default for WriterConfig {
-    fn default() -> Self {
-        WriterConfig {
-            spool_dir: PathBuf::from(".vantage/spool"),
-            batch_rows: 1000,
-            batch_delay: Duration::from_millis(250),
-            spool_flush_interval: Duration::from_secs(1),
-            memory_rows: 100_000,
-            insert_timeout: Duration::from_secs(10),
-            max_retry_delay: Duration::from_secs(2),
-            shutdown_timeout: Duration::from_secs(10),
-            max_inflight: 4,
-            metrics: None,
-        }
-    }
-}
-
-/// Counters and gauges of the writer, updated as it works (export them as metrics).
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    received_rows: AtomicU64,
-    buffered_rows: AtomicU64,
-    spooled_rows: AtomicU64,
-    spool_bytes: AtomicU64,
-    inserted_rows: AtomicU64,
-    duplicate_rows: AtomicU64,
-    batches: AtomicU64,
-    insert_failures: AtomicU64,
-    spool_write_failures: AtomicU64,
-    partitions_created: AtomicU64,
-    rejected_rows: AtomicU64,
-    dropped_rows: AtomicU64,
-    degraded: AtomicBool,
-}
-
-/// A point-in-time copy of [`WriterStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct WriterSnapshot {
-    /// Heartbeats handed to a sender since start.
-    pub received_rows: u64,
-    /// In memory only (queued, batched or in flight), neither stored nor spooled (gauge).
-    pub buffered_rows: u64,
-    /// In spool files, not replayed yet (gauge).
-    pub spooled_rows: u64,
-    /// Bytes of spool not yet replayed (gauge).
-    pub spool_bytes: u64,
-    /// Rows Postgres inserted.
-    pub inserted_rows: u64,
-    /// Rows Postgres already had (same slot written twice, a spooled copy of a batch
-    /// that landed after all): harmless.
-    pub duplicate_rows: u64,
-    /// Successful insert statements.
-    pub batches: u64,
-    /// Failed insert attempts (each is retried).
-    pub insert_failures: u64,
-    /// Failed attempts to write the spool (disk full, read-only); retried once per
-    /// flush interval.
-    pub spool_write_failures: u64,
-    /// Partitions created because a heartbeat's day had none.
-    pub partitions_created: u64,
-    /// Rows Postgres refused as invalid, kept in `rejected-*.jsonl` in the spool dir.
-    pub rejected_rows: u64,
-    /// Rows lost: neither stored nor spooled (memory full while the spool could not be
-    /// written, or the spool unwritable at shutdown), or sent after shutdown.
-    pub dropped_rows: u64,
-    /// Postgres is currently unreachable for the writer.
-    pub degraded: bool,
-}
-
-impl WriterStats {
-    pub fn snapshot(&self) -> WriterSnapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WriterSnapshot {
-            received_rows: get(&self.received_rows),
-            buffered_rows: get(&self.buffered_rows),
-            spooled_rows: get(&self.spooled_rows),
-            spool_bytes: get(&self.spool_bytes),
-            inserted_rows: get(&self.inserted_rows),
-            duplicate_rows: get(&self.duplicate_rows),
-            batches: get(&self.batches),
-            insert_failures: get(&self.insert_failures),
-            spool_write_failures: get(&self.spool_write_failures),
-            partitions_created: get(&self.partitions_created),
-            rejected_rows: get(&self.rejected_rows),
-            dropped_rows: get(&self.dropped_rows),
-            degraded: self.degraded.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// The probes' end of the writer. Cheap to clone.
-#[derive(Clone)]
-pub struct HeartbeatSender {
-    tx: mpsc::UnboundedSender<Heartbeat>,
-    stats: Arc<WriterStats>,
-}
-
-impl std::fmt::Debug for HeartbeatSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeartbeatSender").finish_non_exhaustive()
-    }
-}
-
-impl HeartbeatSender {
-    /// Queues a heartbeat. Never blocks: the queue is drained continuously by the
-    /// writer task, which moves rows to disk rather than letting memory grow without
-    /// bound while Postgres is away.
-    pub fn send(&self, heartbeat: Heartbeat) {
-        self.stats.received_rows.fetch_add(1, Ordering::Relaxed);
-        self.stats.buffered_rows.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(heartbeat).is_err() {
-            self.stats.buffered_rows.fetch_sub(1, Ordering::Relaxed);
-            let before = self.stats.dropped_rows.fetch_add(1, Ordering::Relaxed);
-            if before == 0 {
-                tracing::error!("a heartbeat was sent after the writer shut down and is lost");
-            }
-        }
-    }
-}
-
-/// What [`HeartbeatWriter::shutdown`] did with the heartbeats it still had.
-#[derive(Debug, Clone)]
-pub struct FlushSummary {
-    /// Rows stored during shutdown.
-    pub flushed_rows: u64,
-    /// Rows written to the spool (and fsync'd) during shutdown.
-    pub spooled_rows: u64,
-    /// Rows that could be neither stored nor spooled during shutdown: lost.
-    pub lost_rows: u64,
-    /// Spool files left for the next start, and the rows in them.
-    pub spool_files: Vec<PathBuf>,
-    pub rows_left_in_spool: u64,
-    pub elapsed: Duration,
-    /// The counters at the end.
-    pub stats: WriterSnapshot,
-}
-
-/// The writer task's handle.
-pub struct HeartbeatWriter {
-    stats: Arc<WriterStats>,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<FlushSummary>>,
-}
-
-impl HeartbeatWriter {
-    /// Starts the writer. Spool files left in `config.spool_dir` by earlier processes
-    /// are adopted and replayed (in order, in the background) before newer heartbeats.
-    pub async fn spawn(
-        pool: PgPool,
-        config: WriterConfig,
-    ) -> Result<(HeartbeatSender, HeartbeatWriter), std::io::Error> {
-        std::fs::create_dir_all(&config.spool_dir)?;
-        let backlog: VecDeque<SpoolFile> = SpoolFile::adopt_orphans(&config.spool_dir)?.into();
-        let stats = Arc::new(WriterStats::default());
-        let rows: u64 = backlog.iter().map(|f| f.unread_rows()).sum();
-        let bytes: u64 = backlog.iter().map(|f| f.unread_bytes()).sum();
-        stats.spooled_rows.store(rows, Ordering::Relaxed);
-        stats.spool_bytes.store(bytes, Ordering::Relaxed);
-        if !backlog.is_empty() {
-            tracing::info!(
-                rows,
-                files = backlog.len(),
-                dir = %config.spool_dir.display(),
-                "replaying heartbeats spooled by an earlier process"
-            );
-        }
-        if let Some(metrics) = &config.metrics {
-            metrics.watch_writer(stats.clone());
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let state = State {
-            pool,
-            stats: stats.clone(),
-            memory: VecDeque::new(),
-            backlog,
-            own: None,
-            inflight: JoinSet::new(),
-            batches: HashMap::new(),
-            next_seq: 0,
-            retry_at: None,
-            backoff: Duration::ZERO,
-            last_stored: Instant::now(),
-            spool_trouble: None,
-            spooling_logged: false,
-            config,
-        };
-        let task = tokio::spawn(state.run(rx, shutdown.clone()));
-        Ok((
-            HeartbeatSender {
-                tx,
-                stats: stats.clone(),
-            },
-            HeartbeatWriter {
-                stats,
-                shutdown,
-                task: Some(task),
-            },
-        ))
-    }
-
-    pub fn stats(&self) -> Arc<WriterStats> {
-        self.stats.clone()
-    }
-
-    /// Stops accepting heartbeats, stores what is buffered while Postgres answers
-    /// (within `shutdown_timeout`) and spools the rest for the next start.
-    pub async fn shutdown(mut self) -> FlushSummary {
-        self.shutdown.cancel();
-        let task = self.task.take().expect("shutdown once");
-        match task.await {
-            Ok(summary) => summary,
-            Err(err) => std::panic::resume_unwind(err.into_panic()),
-        }
-    }
-}
-
-impl Drop for HeartbeatWriter {
-    fn drop(&mut self) {
-        // Dropped without shutdown(): the task still flushes or spools on its own as
-        // long as the runtime runs.
-        self.shutdown.cancel();
-    }
-}
 
 /// Where the rows of an insert came from, so success and failure can be booked.
 enum Source {
@@ -355,16 +67,6 @@ struct Batch {
 
 type InsertDone = (Id, Result<Result<Inserted, sqlx::Error>, JoinError>);
 
-#[derive(Default)]
-struct Inserted {
-    /// How long the statement(s) took.
-    took: Duration,
-    inserted: u64,
-    duplicates: u64,
-    partitions: Vec<String>,
-    rejected: Vec<(Heartbeat, String)>,
-}
-
 /// A period during which the spool could not be written.
 struct SpoolTrouble {
     since: Instant,
@@ -375,7 +77,7 @@ struct SpoolTrouble {
     lost_rows: u64,
 }
 
-struct State {
+pub(super) struct State {
     pool: PgPool,
     config: WriterConfig,
     stats: Arc<WriterStats>,
@@ -400,7 +102,35 @@ struct State {
 }
 
 impl State {
-    async fn run(
+    /// A writer that replays `backlog` (spool files adopted from earlier processes)
+    /// before anything newer.
+    pub(super) fn new(
+        pool: PgPool,
+        config: WriterConfig,
+        stats: Arc<WriterStats>,
+        backlog: VecDeque<SpoolFile>,
+    ) -> State {
+        State {
+            pool,
+            stats,
+            memory: VecDeque::new(),
+            backlog,
+            own: None,
+            inflight: JoinSet::new(),
+            batches: HashMap::new(),
+            next_seq: 0,
+            retry_at: None,
+            backoff: Duration::ZERO,
+            last_stored: Instant::now(),
+            spool_trouble: None,
+            spooling_logged: false,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown`, then stores or spools what is left (within
+    /// [`WriterConfig::shutdown_timeout`]).
+    pub(super) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Heartbeat>,
         shutdown: CancellationToken,
@@ -1063,223 +793,4 @@ async fn sleep_until(wakeup: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-/// Inserts `rows`, creating missing partitions, and isolating rows Postgres refuses as
-/// invalid (so one bad row cannot block the others forever). An error means the batch
-/// should be retried later (Postgres unreachable, overloaded, schema missing).
-fn insert_batch<'a>(
-    pool: &'a PgPool,
-    rows: &'a [Heartbeat],
-) -> BoxFuture<'a, Result<Inserted, sqlx::Error>> {
-    Box::pin(async move {
-        match insert_creating_partitions(pool, rows).await {
-            Ok((inserted, partitions)) => Ok(Inserted {
-                inserted,
-                duplicates: rows.len() as u64 - inserted,
-                partitions,
-                ..Inserted::default()
-            }),
-            Err(err) if is_invalid_data(&err) && rows.len() == 1 => Ok(Inserted {
-                rejected: vec![(rows[0].clone(), redact_error(&err))],
-                ..Inserted::default()
-            }),
-            Err(err) if is_invalid_data(&err) => {
-                let (left, right) = rows.split_at(rows.len() / 2);
-                let mut a = insert_batch(pool, left).await?;
-                let b = insert_batch(pool, right).await?;
-                a.inserted += b.inserted;
-                a.duplicates += b.duplicates;
-                a.partitions.extend(b.partitions);
-                a.rejected.extend(b.rejected);
-                Ok(a)
-            }
-            Err(err) => Err(err),
-        }
-    })
-}
-
-/// Tries a plain INSERT first: almost every batch is new, and `ON CONFLICT DO NOTHING`
-/// costs every row a speculative insertion (an extra primary-key probe), which cut
-/// ingest by a quarter (BENCHMARKS.md). A batch that meets a stored key (a leader
-/// overlap, a replay after an insert whose answer was lost) fails as a whole, storing
-/// nothing, and goes again skipping the duplicates.
-async fn insert_creating_partitions(
-    pool: &PgPool,
-    rows: &[Heartbeat],
-) -> Result<(u64, Vec<String>), sqlx::Error> {
-    let mut created = Vec::new();
-    let mut attempt = 0;
-    let mut sql = INSERT_SQL;
-    loop {
-        match insert_rows(pool, sql, rows).await {
-            Ok(n) => return Ok((n, created)),
-            Err(err) if is_duplicate_key(&err) && sql == INSERT_SQL => {
-                sql = INSERT_SKIPPING_DUPLICATES_SQL;
-            }
-            Err(err) if is_missing_partition(&err) && attempt < 3 => {
-                attempt += 1;
-                let mut days: Vec<NaiveDate> =
-                    rows.iter().map(|r| r.scheduled_at.date_naive()).collect();
-                days.sort();
-                days.dedup();
-                created.extend(partitions::ensure_days(pool, &days).await?);
-            }
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-fn is_missing_partition(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db)
-        if db.code().as_deref() == Some("23514") && db.message().contains("no partition"))
-}
-
-fn is_duplicate_key(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
-}
-
-/// Data exceptions (22xxx) and integrity violations (23xxx): retrying cannot help.
-fn is_invalid_data(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            (code.starts_with("22") || code.starts_with("23")) && !is_missing_partition(err)
-        }
-        sqlx::Error::Encode(_) => true,
-        _ => false,
-    }
-}
-
-/// The whole batch in one statement, each column one array parameter. The `unnest`s
-/// sit in the select list (a ProjectSet node streaming rows) rather than in `FROM
-/// UNNEST(...)`, which first copies every row into a tuplestore: 100k against 82k
-/// heartbeats/s in the ingest bench, both with `ON CONFLICT` (BENCHMARKS.md).
-macro_rules! insert_sql {
-    ($on_conflict:literal) => {
-        concat!(
-            "
-INSERT INTO api_heartbeats (
-    monitor_id, datacenter_id, scheduled_at, executed_at, agent_id, leader_term,
-    status, success, http_status, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms,
-    total_ms, schedule_lag_ms, response_size_bytes, remote_ip, http_version,
-    tls_version, tls_cert_expires_at, redirect_count, error_kind, error_message,
-    response_body)
-SELECT
-    unnest($1::int4[]), unnest($2::int4[]), unnest($3::timestamptz[]),
-    unnest($4::timestamptz[]), unnest($5::int8[]), unnest($6::int8[]),
-    unnest($7::text[]), unnest($8::bool[]), unnest($9::int4[]), unnest($10::float8[]),
-    unnest($11::float8[]), unnest($12::float8[]), unnest($13::float8[]),
-    unnest($14::float8[]), unnest($15::float8[]), unnest($16::float8[]),
-    unnest($17::int8[]), unnest($18::text[])::inet, unnest($19::text[]),
-    unnest($20::text[]), unnest($21::timestamptz[]), unnest($22::int4[]),
-    unnest($23::text[]), unnest($24::text[]), unnest($25::text[])
-",
-            $on_conflict
-        )
-    };
-}
-const INSERT_SQL: &str = insert_sql!("");
-const INSERT_SKIPPING_DUPLICATES_SQL: &str = insert_sql!("ON CONFLICT DO NOTHING");
-
-/// Postgres text cannot hold NUL; a probe may have read one from a hostile server.
-fn clean(text: &Option<String>) -> Option<String> {
-    text.as_ref().map(|s| {
-        if s.contains('\0') {
-            s.replace('\0', "\u{FFFD}")
-        } else {
-            s.clone()
-        }
-    })
-}
-
-/// One statement for the whole batch: each column travels as one array parameter.
-async fn insert_rows(pool: &PgPool, sql: &str, rows: &[Heartbeat]) -> Result<u64, sqlx::Error> {
-    let n = rows.len();
-    let mut monitor_id = Vec::with_capacity(n);
-    let mut datacenter_id = Vec::with_capacity(n);
-    let mut scheduled_at = Vec::with_capacity(n);
-    let mut executed_at = Vec::with_capacity(n);
-    let mut agent_id = Vec::with_capacity(n);
-    let mut leader_term = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut success = Vec::with_capacity(n);
-    let mut http_status = Vec::with_capacity(n);
-    let mut dns_ms = Vec::with_capacity(n);
-    let mut connect_ms = Vec::with_capacity(n);
-    let mut tls_ms = Vec::with_capacity(n);
-    let mut ttfb_ms = Vec::with_capacity(n);
-    let mut transfer_ms = Vec::with_capacity(n);
-    let mut total_ms = Vec::with_capacity(n);
-    let mut schedule_lag_ms = Vec::with_capacity(n);
-    let mut response_size_bytes = Vec::with_capacity(n);
-    let mut remote_ip = Vec::with_capacity(n);
-    let mut http_version = Vec::with_capacity(n);
-    let mut tls_version = Vec::with_capacity(n);
-    let mut tls_cert_expires_at = Vec::with_capacity(n);
-    let mut redirect_count = Vec::with_capacity(n);
-    let mut error_kind = Vec::with_capacity(n);
-    let mut error_message = Vec::with_capacity(n);
-    let mut response_body = Vec::with_capacity(n);
-    for h in rows {
-        let r = &h.report;
-        monitor_id.push(h.monitor_id);
-        datacenter_id.push(h.datacenter_id);
-        scheduled_at.push(h.scheduled_at);
-        executed_at.push(h.executed_at);
-        agent_id.push(h.agent_id);
-        leader_term.push(h.leader_term);
-        status.push(r.status.as_str());
-        success.push(r.success());
-        http_status.push(r.http_status.map(i32::from));
-        dns_ms.push(r.dns_ms);
-        connect_ms.push(r.connect_ms);
-        tls_ms.push(r.tls_ms);
-        ttfb_ms.push(r.ttfb_ms);
-        transfer_ms.push(r.transfer_ms);
-        total_ms.push(r.total_ms);
-        schedule_lag_ms.push(h.schedule_lag_ms);
-        response_size_bytes.push(
-            r.response_size_bytes
-                .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
-        );
-        remote_ip.push(r.remote_ip.map(|ip| ip.to_string()));
-        http_version.push(clean(&r.http_version));
-        tls_version.push(clean(&r.tls_version));
-        tls_cert_expires_at.push(r.tls_cert_expires_at);
-        redirect_count.push(i32::try_from(r.redirect_count).unwrap_or(i32::MAX));
-        error_kind.push(r.error_kind.map(|k| k.as_str()));
-        error_message.push(clean(&r.error_message));
-        response_body.push(clean(&r.response_body));
-    }
-    let result = sqlx::query(sql)
-        .bind(monitor_id)
-        .bind(datacenter_id)
-        .bind(scheduled_at)
-        .bind(executed_at)
-        .bind(agent_id)
-        .bind(leader_term)
-        .bind(status)
-        .bind(success)
-        .bind(http_status)
-        .bind(dns_ms)
-        .bind(connect_ms)
-        .bind(tls_ms)
-        .bind(ttfb_ms)
-        .bind(transfer_ms)
-        .bind(total_ms)
-        .bind(schedule_lag_ms)
-        .bind(response_size_bytes)
-        .bind(remote_ip)
-        .bind(http_version)
-        .bind(tls_version)
-        .bind(tls_cert_expires_at)
-        .bind(redirect_count)
-        .bind(error_kind)
-        .bind(error_message)
-        .bind(response_body)
-        .execute(pool)
-        .await?;
-    Ok(result.rows_affected())
 }

@@ -1,0 +1,195 @@
+//! `vantage run`: the flags and environment variables of one instance. Every number and
+//! duration is range-checked while the command line is parsed ([`within`]), so a value
+//! out of range stops the process before it connects anywhere, with one line naming
+//! the variable, the flag and the accepted range (a zero reload interval once panicked
+//! a task and left configuration changes unapplied).
+//!
+//! It owns the settings' names, defaults and ranges; what an instance does with them
+//! is [`crate::runner`]'s, which it does not touch.
+
+use std::ffi::OsStr;
+use std::fmt::{Display, Write as _};
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+
+use crate::{leadership, notify, runner};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Code of the datacenter this instance serves (a row in `datacenters`), e.g. `va`.
+    #[arg(long, env = "VANTAGE_DATACENTER")]
+    pub datacenter: String,
+    /// PostgreSQL URL. Must reach Postgres directly (not PgBouncer in transaction mode):
+    /// the leadership lock and LISTEN need a real session.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of this instance in `agents`; default `<hostname>-<pid>`.
+    #[arg(long, env = "VANTAGE_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+    /// Address of the HTTP endpoints (/healthz, /readyz, /status).
+    #[arg(long, env = "VANTAGE_LISTEN", default_value = "0.0.0.0:9790")]
+    pub listen: SocketAddr,
+    /// Most probes in flight at once. 1 to 100000.
+    #[arg(long, env = "VANTAGE_MAX_CONCURRENT_PROBES", default_value_t = 1024,
+          value_parser = number::<usize>(1..=100_000))]
+    pub max_concurrent_probes: usize,
+    /// How long a leader that lost the database keeps probing (and spooling) while it
+    /// reconnects. 0 = stop at once; at most 1h.
+    #[arg(long, env = "VANTAGE_DB_OUTAGE_GRACE", default_value = "2m",
+          value_parser = duration(Duration::ZERO..=HOUR))]
+    pub db_outage_grace: Duration,
+    /// Where heartbeats are spooled while the database is unreachable.
+    #[arg(long, env = "VANTAGE_SPOOL_DIR", default_value = ".vantage/spool")]
+    pub spool_dir: PathBuf,
+    /// Days of heartbeats kept; older daily partitions are dropped by the leader.
+    /// 1 to 3650.
+    #[arg(long, env = "VANTAGE_RETENTION_DAYS", default_value_t = 30,
+          value_parser = number::<u32>(1..=3650))]
+    pub retention_days: u32,
+    /// Full configuration reload interval (a safety net behind LISTEN/NOTIFY). 1s to 1day.
+    #[arg(long, env = "VANTAGE_CONFIG_RELOAD_INTERVAL", default_value = "30s",
+          value_parser = duration(Duration::from_secs(1)..=24 * HOUR))]
+    pub config_reload_interval: Duration,
+    /// How long shutdown waits for in-flight probes. 0s to 10m.
+    #[arg(long, env = "VANTAGE_SHUTDOWN_TIMEOUT", default_value = "10s",
+          value_parser = duration(Duration::ZERO..=10 * MINUTE))]
+    pub shutdown_timeout: Duration,
+    /// Apply pending migrations at start (safe with many instances starting at once).
+    /// With `false`, an outdated schema is an error telling you to run `vantage migrate`.
+    #[arg(long, env = "VANTAGE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_migrate: bool,
+    /// Once the database has stored nothing for this long, heartbeats that waited this
+    /// long in memory are written to the spool and fsync'd: what a crash during a
+    /// database outage can lose. 10ms to 60s.
+    #[arg(long, env = "VANTAGE_SPOOL_FLUSH_INTERVAL", default_value = "1s",
+          value_parser = duration(Duration::from_millis(10)..=MINUTE))]
+    pub spool_flush_interval: Duration,
+    /// The most heartbeats held in memory neither stored nor spooled (about 0.7 kB each);
+    /// past it, while the spool cannot be written, heartbeats are lost and counted.
+    /// 1000 to 10000000.
+    #[arg(long, env = "VANTAGE_WRITER_MEMORY_ROWS", default_value_t = 100_000,
+          value_parser = number::<usize>(1_000..=10_000_000))]
+    pub writer_memory_rows: usize,
+    /// How long a standby waits, seeing the leader's lease unrenewed (a hung leader),
+    /// before it ends the leader's database session and takes over. 6s to 10m.
+    #[arg(long, env = "VANTAGE_LEADER_LEASE", default_value = "10s",
+          value_parser = duration(leadership::MIN_LEASE..=10 * MINUTE))]
+    pub leader_lease: Duration,
+    /// Notification delivery, on the instance that leads the incident evaluator.
+    #[command(flatten)]
+    pub notify: notify::NotifyArgs,
+}
+
+pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    Ok(runner::execute(args).await?)
+}
+
+/// A value parser that accepts only values within a range.
+#[derive(Clone)]
+struct Within<T> {
+    range: RangeInclusive<T>,
+    parse: fn(&str) -> Option<T>,
+    show: fn(&T) -> String,
+    /// What a value must look like, for one that does not parse.
+    kind: &'static str,
+}
+
+/// A whole number within `range`.
+fn number<T>(range: RangeInclusive<T>) -> Within<T>
+where
+    T: FromStr + Display,
+{
+    Within {
+        range,
+        parse: |text| text.parse().ok(),
+        show: T::to_string,
+        kind: "a whole number",
+    }
+}
+
+/// A duration (`500ms`, `10s`, `2m`, `1day`) within `range`.
+fn duration(range: RangeInclusive<Duration>) -> Within<Duration> {
+    Within {
+        range,
+        parse: |text| humantime::parse_duration(text).ok(),
+        show: |d| humantime::format_duration(*d).to_string(),
+        kind: "a duration such as 500ms, 10s or 2m",
+    }
+}
+
+impl<T> TypedValueParser for Within<T>
+where
+    T: PartialOrd + Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        let problem = match (self.parse)(&text) {
+            Some(parsed) if self.range.contains(&parsed) => return Ok(parsed),
+            Some(_) => "is out of range".to_string(),
+            None => format!("is not {}", self.kind),
+        };
+        // One line, without clap's usage hint: the variable is usually set in a unit
+        // file or a manifest, not typed, and the line ends up in a log.
+        let message = format!(
+            "{} {problem}; use a value from {} to {}\n",
+            setting(arg, &text),
+            (self.show)(self.range.start()),
+            (self.show)(self.range.end()),
+        );
+        Err(clap::Error::raw(ErrorKind::ValueValidation, message))
+    }
+}
+
+/// `VARIABLE="value" (--flag)`: whichever of the two the operator used, both are named.
+fn setting(arg: Option<&clap::Arg>, value: &str) -> String {
+    let mut name = String::new();
+    if let Some(env) = arg.and_then(clap::Arg::get_env) {
+        let _ = write!(name, "{}=", env.to_string_lossy());
+    }
+    let _ = write!(name, "{value:?}");
+    if let Some(long) = arg.and_then(clap::Arg::get_long) {
+        let _ = write!(name, " (--{long})");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// Each parser's value type is the field's (clap checks that only when reading).
+    #[test]
+    fn the_defaults_parse_into_their_fields() {
+        let cli =
+            Cli::try_parse_from(["vantage", "--datacenter", "va", "--database-url", "x"]).unwrap();
+        assert_eq!(cli.run.max_concurrent_probes, 1024);
+        assert_eq!(cli.run.retention_days, 30);
+        assert_eq!(cli.run.writer_memory_rows, 100_000);
+        assert_eq!(cli.run.leader_lease, Duration::from_secs(10));
+    }
+}
