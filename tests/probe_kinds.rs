@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use support::cluster::{seed_datacenters, seed_monitor, Instance, InstanceOptions};
 use support::dns::DnsServer;
+use support::eventually::eventually;
 use support::http::{refused_addr, TestServer};
 use support::pg::TestDb;
 use support::smtp::SmtpServer;
@@ -283,7 +285,7 @@ async fn dns_queries_a_server_and_checks_answers() {
     assert_eq!((report.connect_ms, report.ttfb_ms), (None, None));
     assert_eq!(
         report.details,
-        Some(json!({"rcode": "No Error", "answers": ["192.0.2.7"]}))
+        Some(json!({"rcode": "NOERROR", "answers": ["192.0.2.7"]}))
     );
     assert_eq!(report.remote_ip, Some(dns.addr.ip()));
 
@@ -489,5 +491,91 @@ async fn rows_of_every_kind_load_and_bad_ones_are_refused_by_name() {
         err.to_string()
             .contains("a header assertion needs an http monitor; this one is tcp"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn every_kind_runs_under_vantage_run_and_its_facts_are_stored() {
+    let db = TestDb::fresh().await;
+    seed_datacenters(&db.pool, &["va"]).await;
+    let http = TestServer::http().await;
+    let (port, _banner) = tcp_server("220 mail.test ESMTP\r\n", None).await;
+    let dns = DnsServer::builder()
+        .a("app.test", &[Ipv4Addr::new(192, 0, 2, 7)])
+        .start()
+        .await;
+    let web = seed_monitor(&db.pool, "web", &http.url("/json/ok"), 1).await;
+    let mail = seed_monitor(&db.pool, "mail", "https://placeholder.invalid/", 1).await;
+    let name = seed_monitor(&db.pool, "name", "https://placeholder.invalid/", 1).await;
+    sqlx::query(
+        "UPDATE api_monitors SET capture_headers = '{x-cache}',
+                assertions = '[{\"type\": \"json\", \"path\": \"$.status\", \"op\": \"==\", \"value\": \"ok\"}]'
+         WHERE id = $1",
+    )
+    .bind(web)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE api_monitors SET kind = 'tcp', url = $2, settings = '{\"expect\": \"220 \"}' WHERE id = $1")
+        .bind(mail)
+        .bind(format!("tcp://127.0.0.1:{port}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE api_monitors SET kind = 'dns', url = $2 WHERE id = $1")
+        .bind(name)
+        .bind(format!("dns://app.test?server={}", dns.addr))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let _runner = Instance::start(InstanceOptions {
+        database_url: &db.url,
+        datacenter: "va",
+        name: "va-a",
+        extra_env: vec![],
+    });
+
+    type Stored = (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<Value>,
+        Option<Value>,
+    );
+    let stored = |monitor: i32| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, Stored>(
+                "SELECT status, content_type, server, response_headers, details
+                 FROM api_heartbeats WHERE monitor_id = $1 ORDER BY scheduled_at LIMIT 1",
+            )
+            .bind(monitor)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let within = Duration::from_secs(30);
+    let (status, content_type, server, headers, _) =
+        eventually("the web monitor's heartbeat", within, || stored(web)).await;
+    assert_eq!(status, "up");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(server.as_deref(), Some("vantage-test/1.0"));
+    assert_eq!(headers, Some(json!({"x-cache": "HIT"})));
+
+    let (status, _, _, _, details) =
+        eventually("the tcp monitor's heartbeat", within, || stored(mail)).await;
+    assert_eq!(status, "up");
+    assert_eq!(details, Some(json!({"banner": "220 mail.test ESMTP\r\n"})));
+
+    let (status, _, _, _, details) =
+        eventually("the dns monitor's heartbeat", within, || stored(name)).await;
+    assert_eq!(status, "up");
+    assert_eq!(
+        details,
+        Some(json!({"rcode": "NOERROR", "answers": ["192.0.2.7"]}))
     );
 }
