@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod check;
+pub mod config_as_code;
 pub mod embedded_postgres;
 pub mod heartbeat;
 pub mod housekeeping;

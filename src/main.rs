@@ -55,6 +55,14 @@ enum Command {
     /// Notification channels: send a test message, make a webhook secret.
     #[command(subcommand)]
     Notify(vantage::notify::cli::NotifyCommand),
+    /// Make the configuration match YAML files (one transaction; --prune deletes what left them).
+    Apply(vantage::config_as_code::cli::ApplyArgs),
+    /// What `apply` would change; exit 1 when something would.
+    Diff(vantage::config_as_code::cli::FilesArgs),
+    /// The configuration as YAML that `apply` accepts (--schema: its JSON Schema).
+    Export(vantage::config_as_code::cli::ExportArgs),
+    /// Monitors by name: `list` with their latest status, `pause`, `resume`.
+    Monitors(vantage::config_as_code::cli::MonitorsArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +112,22 @@ async fn main() -> ExitCode {
         Command::Notify(command) => {
             telemetry::init(cli.log_format, "info");
             vantage::notify::cli::notify(command).await
+        }
+        Command::Apply(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::config_as_code::cli::apply(args).await
+        }
+        Command::Diff(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::config_as_code::cli::diff(args).await
+        }
+        Command::Export(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::config_as_code::cli::export(args).await
+        }
+        Command::Monitors(args) => {
+            telemetry::init(cli.log_format, "warn");
+            vantage::config_as_code::cli::monitors(args).await
         }
     };
     result.unwrap_or_else(|err| {
