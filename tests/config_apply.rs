@@ -596,7 +596,7 @@ monitors:\n  api:\n    url: https://api.example.com/\n    schedule: hourly\n    
     let paused = vantage(&db.url, &["monitors", "pause", "api"], &[]).await;
     assert_eq!(
         (paused.code, paused.stdout.as_str()),
-        (0, "paused 1 monitor(s) (0 already were)\n")
+        (0, "paused 1 monitor(s)\n")
     );
     let list = vantage(&db.url, &["monitors", "list", "--datacenter", "lon"], &[]).await;
     assert!(list.stdout.contains("api (paused)"), "{}", list.stdout);
@@ -618,20 +618,25 @@ monitors:\n  api:\n    url: https://api.example.com/\n    schedule: hourly\n    
 }
 
 #[tokio::test]
-async fn an_unreachable_database_exits_3() {
+async fn exit_codes_for_usage_and_an_unreachable_database() {
+    let unreachable = "postgres://vantage@127.0.0.1:1/vantage";
     let (_root, dir) = config_dir("any", &[("config.yaml", TEAM_A)]);
-    let run = vantage(
-        "postgres://vantage@127.0.0.1:1/vantage",
-        &["apply", "-f", path(&dir)],
-        &[],
-    )
-    .await;
+    let run = vantage(unreachable, &["apply", "-f", path(&dir)], &[]).await;
     assert_eq!(run.code, 3, "{}", run.all());
     assert!(
         run.stderr.contains("cannot connect to Postgres"),
         "{}",
         run.stderr
     );
-    let usage = vantage("postgres://vantage@127.0.0.1:1/vantage", &["apply"], &[]).await;
+    let usage = vantage(unreachable, &["apply"], &[]).await;
     assert_eq!(usage.code, 2, "{}", usage.all());
+    // An empty directory is a mistake, never "prune everything".
+    let (_empty_root, empty) = config_dir("empty", &[]);
+    let run = vantage(unreachable, &["apply", "--prune", "-f", path(&empty)], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("no *.yaml or *.yml files"),
+        "{}",
+        run.stderr
+    );
 }

@@ -14,7 +14,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::load::{Diagnostic, Loaded, Section};
-use super::objects::{Channels, Datacenters, Kind, Monitors, Regions, Routes, Schedules, Windows};
+use super::objects::Statements;
 use super::plan::{Plan, State};
 
 /// `hashtext('vantage.config_apply')` would do as well; a constant needs no query.
@@ -82,14 +82,19 @@ pub async fn plan(
     source: &str,
     prune: bool,
 ) -> Result<Plan, ApplyError> {
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let state = snapshot(pool).await?;
+    Plan::build(loaded, &state, source, prune).map_err(ApplyError::Invalid)
+}
+
+/// Every configurable row, read in one consistent snapshot.
+pub async fn snapshot(pool: &PgPool) -> Result<State, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     let state = State::read(&mut tx).await?;
     tx.rollback().await?;
-    Plan::build(loaded, &state, source, prune).map_err(ApplyError::Invalid)
+    Ok(state)
 }
 
 async fn lock(conn: &mut PgConnection, timeout: Duration) -> Result<(), ApplyError> {
@@ -118,25 +123,13 @@ async fn lock(conn: &mut PgConnection, timeout: Duration) -> Result<(), ApplyErr
     }
 }
 
-fn statements(section: Section) -> (&'static str, &'static str) {
-    match section {
-        Section::Regions => (Regions::UPSERT, Regions::DELETE),
-        Section::Datacenters => (Datacenters::UPSERT, Datacenters::DELETE),
-        Section::Schedules => (Schedules::UPSERT, Schedules::DELETE),
-        Section::NotificationChannels => (Channels::UPSERT, Channels::DELETE),
-        Section::Monitors => (Monitors::UPSERT, Monitors::DELETE),
-        Section::NotificationRoutes => (Routes::UPSERT, Routes::DELETE),
-        Section::MaintenanceWindows => (Windows::UPSERT, Windows::DELETE),
-    }
-}
-
 async fn upsert(
     conn: &mut PgConnection,
     section: Section,
     rows: &[&serde_json::Value],
     source: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(statements(section).0)
+    sqlx::query(Statements::of(section).upsert)
         .bind(Json(rows))
         .bind(source)
         .execute(conn)
@@ -149,7 +142,7 @@ async fn delete(
     section: Section,
     keys: &[String],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(statements(section).1)
+    sqlx::query(Statements::of(section).delete)
         .bind(keys)
         .execute(conn)
         .await

@@ -11,7 +11,6 @@ use sqlx::PgPool;
 
 use super::apply::{self, ApplyError, Options};
 use super::load::{self, Diagnostic, Loaded};
-use super::plan::State;
 use super::{export, quick};
 use crate::storage;
 
@@ -247,8 +246,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         Ok(pool) => pool,
         Err(code) => return Ok(code),
     };
-    let mut conn = pool.acquire().await?;
-    let state = State::read(&mut conn).await?;
+    let state = apply::snapshot(&pool).await?;
     let (config, warnings) = export::export(&state, args.source.as_deref());
     for warning in warnings {
         eprintln!("warning: {warning}");
@@ -277,10 +275,7 @@ async fn pause(pool: &PgPool, names: &[String], enabled: bool) -> anyhow::Result
     match quick::set_enabled(pool, names, enabled).await {
         Ok(changed) => {
             let verb = if enabled { "resumed" } else { "paused" };
-            println!(
-                "{verb} {changed} monitor(s) ({} already were)",
-                names.len() as u64 - changed.min(names.len() as u64)
-            );
+            println!("{verb} {changed} monitor(s)");
             Ok(ExitCode::SUCCESS)
         }
         Err(quick::QuickError::Unknown(unknown)) => {

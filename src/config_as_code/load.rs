@@ -165,6 +165,17 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
                         && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
                 })
                 .collect();
+            // An empty directory is a mistake (a wrong mount, a typo), not "no objects":
+            // with --prune it would delete everything the source manages.
+            if found.is_empty() {
+                return Err(Diagnostic::at(
+                    None,
+                    format!(
+                        "{}: no *.yaml or *.yml files in this directory",
+                        path.display()
+                    ),
+                ));
+            }
             found.sort();
             files.extend(found);
         } else if path.is_file() {

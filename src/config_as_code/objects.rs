@@ -90,6 +90,34 @@ pub trait Kind {
     }
 }
 
+/// The SQL of one kind, for code that goes through the kinds by [`Section`].
+pub struct Statements {
+    pub select: &'static str,
+    pub upsert: &'static str,
+    pub delete: &'static str,
+}
+
+impl Statements {
+    pub fn of(section: Section) -> Statements {
+        fn of<K: Kind>() -> Statements {
+            Statements {
+                select: K::SELECT,
+                upsert: K::UPSERT,
+                delete: K::DELETE,
+            }
+        }
+        match section {
+            Section::Regions => of::<Regions>(),
+            Section::Datacenters => of::<Datacenters>(),
+            Section::Schedules => of::<Schedules>(),
+            Section::NotificationChannels => of::<Channels>(),
+            Section::Monitors => of::<Monitors>(),
+            Section::NotificationRoutes => of::<Routes>(),
+            Section::MaintenanceWindows => of::<Windows>(),
+        }
+    }
+}
+
 /// `Some(value)` unless it is the default: files leave defaults out.
 fn unless_default<T: PartialEq>(value: T, default: T) -> Option<T> {
     (value != default).then_some(value)
