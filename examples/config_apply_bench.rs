@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use vantage::config_as_code::apply::{self, Options};
 use vantage::config_as_code::load;
+use vantage::config_as_code::plan::Plan;
 use vantage::embedded_postgres::EmbeddedPostgres;
 
 #[tokio::main]
@@ -73,6 +74,21 @@ async fn main() -> anyhow::Result<()> {
         bail!("the re-apply changed {} objects", plan.changes.len());
     }
     println!("re-apply, nothing to do:    {:.2} s", noop.as_secs_f64());
+    // Where a no-op goes: reading the files, reading the database, comparing.
+    let started = Instant::now();
+    let loaded = load::load_files(&files);
+    let read_files = started.elapsed();
+    let state = apply::snapshot(&pool).await?;
+    let read_db = started.elapsed() - read_files;
+    Plan::build(&loaded, &state, "bench", true)
+        .map_err(|errors| anyhow::anyhow!("{}", errors[0]))?;
+    let compare = started.elapsed() - read_files - read_db;
+    println!(
+        "  of which: reading the files {:.2} s, reading the database {:.2} s, comparing {:.2} s",
+        read_files.as_secs_f64(),
+        read_db.as_secs_f64(),
+        compare.as_secs_f64()
+    );
     let assignments: i64 = sqlx::query_scalar("SELECT count(*) FROM monitor_assignments")
         .fetch_one(&pool)
         .await?;
