@@ -78,7 +78,7 @@ impl EvaluatorThread {
                     let mut election =
                         ElectionConfig::new(options.clone(), LeadershipScope::Evaluator, agent_id);
                     election.outage_grace = Duration::ZERO;
-                    let elector = Elector::start(election, shutdown.clone());
+                    let (elector, _election) = Elector::spawn(election, shutdown.clone());
                     let task = incidents::spawn(
                         pool,
                         options,

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
+use vantage::probe::{Monitor, MonitorSpec, Prober};
 use vantage::ProbeStatus;
 
 /// The allocator of the `vantage` binary (src/main.rs), so the figures are its own.
@@ -178,12 +178,12 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn monitor(url: &str) -> HttpMonitor {
-    HttpMonitor::new(HttpMonitorSpec {
+fn monitor(url: &str) -> Monitor {
+    Monitor::new(MonitorSpec {
         url: url.into(),
         timeout: Duration::from_secs(10),
         ip_family: "ipv4".into(),
-        ..HttpMonitorSpec::default()
+        ..MonitorSpec::default()
     })
     .unwrap()
 }
@@ -229,7 +229,7 @@ impl Measured {
 
 async fn run(
     prober: &Arc<Prober>,
-    monitor: &Arc<HttpMonitor>,
+    monitor: &Arc<Monitor>,
     count: u64,
     concurrency: usize,
     duration: Option<Duration>,

@@ -221,7 +221,7 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let led = support::LedDatacenters::start(&pool, &options, DATACENTERS, &shutdown).await?;
     let (dcs, agents) = (&led.ids, &led.agents);
-    let evaluator_elector = Elector::start(
+    let (evaluator_elector, evaluator_election) = Elector::spawn(
         ElectionConfig::new(options.clone(), LeadershipScope::Evaluator, agents[0]),
         shutdown.clone(),
     );
@@ -316,6 +316,6 @@ async fn end_to_end(url: &str, monitors: usize) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = tokio::join!(evaluator, notifier);
     led.stopped().await;
-    evaluator_elector.stopped().await;
+    let _ = evaluator_election.await;
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
+use vantage::probe::{Monitor, MonitorSpec, Prober};
 use vantage::schedule::{Cadence, Fire, ScheduleEntry, Scheduler};
 
 fn main() -> anyhow::Result<()> {
@@ -47,13 +47,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(monitors: u64, interval_s: u64, seconds: u64, url: &str) -> anyhow::Result<()> {
     let prober = Arc::new(Prober::from_env()?);
-    let monitor = Arc::new(HttpMonitor::new(HttpMonitorSpec {
+    let monitor = Arc::new(Monitor::new(MonitorSpec {
         method: "GET".into(),
         url: url.into(),
         timeout: Duration::from_secs(5),
         follow_redirects: false,
         max_redirects: 0,
-        ..HttpMonitorSpec::default()
+        ..MonitorSpec::default()
     })?);
     let fires = Arc::new(Mutex::new(
         Vec::<(chrono::DateTime<Utc>, f64)>::with_capacity(
@@ -64,7 +64,7 @@ async fn run(monitors: u64, interval_s: u64, seconds: u64, url: &str) -> anyhow:
     let tracker = TaskTracker::new();
     let scheduler = {
         let (prober, fires, failures) = (prober.clone(), fires.clone(), failures.clone());
-        Scheduler::new(1024, tracker.clone(), move |fire: Fire<HttpMonitor>| {
+        Scheduler::new(1024, tracker.clone(), move |fire: Fire<Monitor>| {
             let (prober, fires, failures) = (prober.clone(), fires.clone(), failures.clone());
             async move {
                 fires

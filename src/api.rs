@@ -94,7 +94,7 @@ pub fn router(view: InstanceView) -> Router {
 
 /// Binds `addr` and serves until `shutdown`. Binding errors are returned to the caller
 /// so a taken port is a clear start-up failure, not a silent missing endpoint.
-pub async fn serve(
+pub async fn spawn(
     addr: SocketAddr,
     view: InstanceView,
     shutdown: CancellationToken,

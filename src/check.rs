@@ -1,6 +1,8 @@
-//! `vantage check URL`: probe one URL once, for people (a phase breakdown) and scripts
-//! (`--json`, exit codes). It turns flags into an [`HttpMonitorSpec`], runs one probe
-//! with a [`Prober`] configured from the environment, and prints the report.
+//! `vantage check TARGET`: probe one target once, for people (a phase breakdown) and
+//! scripts (`--json`, exit codes). The target's scheme picks the kind: an http(s)
+//! URL, `tcp://host:port`, `tls://host:port` or `dns://name?type=A&server=ip`. It
+//! turns flags into a [`MonitorSpec`], runs one probe with a [`Prober`] configured
+//! from the environment, and prints the report.
 //!
 //! Exit codes: 0 the check succeeded (up, warning or critical), 1 it is down, 2 the
 //! command line was unusable (bad URL, header, status set, CA file...).
@@ -12,14 +14,19 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::probe::{HttpMonitor, HttpMonitorSpec, ProbeReport, Prober};
+use serde_json::{json, Map, Value};
+
+use crate::assertions::Assertions;
+use crate::probe::{Kind, Monitor, MonitorSpec, ProbeReport, Prober};
 
 /// Exit code for an unusable command line (clap uses the same for its own errors).
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// The URL to probe (http:// or https://).
+    /// What to probe: an http:// or https:// URL, tcp://host:port, tls://host:port,
+    /// or dns://name?type=A&server=ip[:port] (type A, AAAA, CNAME, MX, TXT, NS or SOA;
+    /// the system resolver without server=).
     pub url: String,
     /// Request method (default GET, or POST with --data).
     #[arg(short = 'X', long = "method")]
@@ -75,6 +82,26 @@ pub struct CheckArgs {
     /// Total time above which the check is critical.
     #[arg(long = "critical-ms")]
     pub critical_ms: Option<f64>,
+    /// A check of the answer, as in a monitor's assertions; repeatable. E.g.
+    /// 'json:$.status == "ok"', 'header:content-type ~ json', 'time:ttfb < 200',
+    /// 'cert:expires > 14d', 'body:!contains error', 'status:200-299'.
+    #[arg(long = "assert", value_name = "ASSERTION")]
+    pub asserts: Vec<String>,
+    /// tcp: bytes to send after connecting (\r, \n, \t and \\ are unescaped).
+    #[arg(long)]
+    pub send: Option<String>,
+    /// tcp: text the server's banner or reply must contain.
+    #[arg(long)]
+    pub expect: Option<String>,
+    /// tls: speak this protocol before the handshake (smtp).
+    #[arg(long)]
+    pub starttls: Option<String>,
+    /// dns: a value that must be among the answers; repeatable.
+    #[arg(long = "answer", value_name = "VALUE")]
+    pub answers: Vec<String>,
+    /// dns: the response code expected, NOERROR (default) or NXDOMAIN.
+    #[arg(long)]
+    pub rcode: Option<String>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -114,11 +141,11 @@ fn prober_from_args(args: &CheckArgs) -> anyhow::Result<Prober> {
     if let Some(path) = &args.ca_file {
         builder = builder.ca_file(path);
     }
-    builder.build()
+    Ok(builder.build()?)
 }
 
 /// Builds the monitor, or says what is wrong with the command line.
-pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
+pub fn monitor_from_args(args: &CheckArgs) -> Result<Monitor, String> {
     let mut headers = Vec::with_capacity(args.headers.len());
     for raw in &args.headers {
         let Some((name, value)) = raw.split_once(':') else {
@@ -137,7 +164,10 @@ pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
         (None, Some(_)) => "POST".into(),
         (None, None) => "GET".into(),
     };
-    let spec = HttpMonitorSpec {
+    let kind = Kind::of_url(&args.url).unwrap_or_default();
+    let asserts = Assertions::from_texts(&args.asserts).map_err(|err| err.to_string())?;
+    let spec = MonitorSpec {
+        kind,
         method,
         url: args.url.clone(),
         headers,
@@ -162,8 +192,60 @@ pub fn monitor_from_args(args: &CheckArgs) -> Result<HttpMonitor, String> {
         redirect_policy: args.redirect_policy.clone(),
         warning_ms: args.warning_ms,
         critical_ms: args.critical_ms,
+        settings: settings_from_args(args),
+        assertions: asserts,
+        ..MonitorSpec::default()
     };
-    HttpMonitor::new(spec).map_err(|err| err.to_string())
+    Monitor::new(spec).map_err(|err| err.to_string())
+}
+
+/// The kind-specific flags as the monitor's `settings`; the kind rejects any that do
+/// not belong to it.
+fn settings_from_args(args: &CheckArgs) -> Value {
+    let mut settings = Map::new();
+    if let Some(send) = &args.send {
+        settings.insert("send".into(), json!(unescape(send)));
+    }
+    let flags = [
+        ("expect", args.expect.clone().map(Value::from)),
+        ("starttls", args.starttls.clone().map(Value::from)),
+        ("rcode", args.rcode.clone().map(Value::from)),
+        (
+            "answers",
+            (!args.answers.is_empty()).then(|| json!(args.answers)),
+        ),
+    ];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            settings.insert(key.into(), value);
+        }
+    }
+    Value::Object(settings)
+}
+
+/// `\r`, `\n`, `\t` and `\\` as the characters they name: a shell argument cannot
+/// easily carry a carriage return, and line protocols want one.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push('\r'),
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// A byte count such as `1048576`, `512k`, `4MiB` or `1G` (suffixes are powers of 1024,
@@ -194,10 +276,46 @@ pub fn parse_byte_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is out of range; use at least 1 byte"))
 }
 
+/// A kind's own findings, one line each: a banner, DNS answers, a certificate's names.
+fn detail_lines(details: &Value) -> Vec<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.trim_end().to_string(),
+        other => other.to_string(),
+    };
+    let mut lines = Vec::new();
+    if let Some(banner) = details.get("banner") {
+        lines.push(format!("banner: {:?}", text(banner)));
+    }
+    if let Some(rcode) = details.get("rcode") {
+        lines.push(format!("rcode: {}", text(rcode)));
+    }
+    for answer in details
+        .get("answers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        lines.push(format!("answer: {}", text(answer)));
+    }
+    for key in ["subject", "issuer"] {
+        if let Some(value) = details.get(key) {
+            lines.push(format!("{key}: {}", text(value)));
+        }
+    }
+    if let Some(names) = details.get("dns_names").and_then(Value::as_array) {
+        let names: Vec<String> = names.iter().map(text).collect();
+        lines.push(format!("names: {}", names.join(", ")));
+    }
+    lines
+}
+
 /// The human report: where we went, each phase, the verdict.
-pub fn render(monitor: &HttpMonitor, report: &ProbeReport) -> String {
+pub fn render(monitor: &Monitor, report: &ProbeReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} {}", monitor.method(), monitor.redacted_url());
+    let _ = match monitor.method() {
+        Some(method) => writeln!(out, "{method} {}", monitor.redacted_target()),
+        None => writeln!(out, "{}", monitor.redacted_target()),
+    };
     for (name, value) in monitor.redacted_headers() {
         let _ = writeln!(out, "  > {name}: {value}");
     }
@@ -226,6 +344,11 @@ pub fn render(monitor: &HttpMonitor, report: &ProbeReport) -> String {
             "  certificate expires {} ({when})",
             expires.format("%Y-%m-%d %H:%M:%S UTC")
         );
+    }
+    if let Some(details) = &report.details {
+        for line in detail_lines(details) {
+            let _ = writeln!(out, "  {line}");
+        }
     }
     out.push('\n');
     let phases = [

@@ -22,13 +22,79 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, Context};
-
 /// Where to get PostgreSQL when none is found.
 const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not \
     found: install them (Debian/Ubuntu: `apt-get install postgresql`; macOS: `brew install \
     postgresql@15`), set VANTAGE_PG_BINDIR to their directory, or run `docker compose up` \
     instead";
+
+/// Why a private cluster could not be found, created, started or stopped. Each
+/// message says what was being done; a wrapped start failure carries the end of the
+/// server log, where the reason is.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedPostgresError {
+    #[error("{INSTALL_HINT}")]
+    NotInstalled,
+    #[error("VANTAGE_PG_BINDIR={0} does not contain initdb, pg_ctl and postgres")]
+    IncompleteBinDir(String),
+    #[error(
+        "running as root, but PostgreSQL refuses to run as root and there is no `postgres` \
+         user to run it as: create one (`useradd --system postgres`) or run as a normal user"
+    )]
+    NoPostgresUser,
+    /// A file-system or socket operation, named.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {what} ({program})")]
+    CannotRun {
+        what: &'static str,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command ran and failed; its status and output.
+    #[error("{what} failed ({status}): {output}")]
+    Failed {
+        what: &'static str,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error(
+        "cannot create a PostgreSQL cluster in {dir} (as root, the `postgres` user must be \
+         able to enter every parent directory)"
+    )]
+    Initdb {
+        dir: String,
+        #[source]
+        source: Box<EmbeddedPostgresError>,
+    },
+    #[error("PostgreSQL did not start on port {port} (data directory {dir}); server log:\n{log}")]
+    NotStarted {
+        port: u16,
+        dir: String,
+        log: String,
+        #[source]
+        source: Box<EmbeddedPostgresError>,
+    },
+    #[error("cannot start the PostgreSQL watchdog (/bin/sh)")]
+    Watchdog(#[source] std::io::Error),
+    #[error("blocking task failed")]
+    Blocking(#[source] tokio::task::JoinError),
+}
+
+type Result<T, E = EmbeddedPostgresError> = std::result::Result<T, E>;
+
+/// Names an I/O failure: `.map_err(io(format!("cannot create {}", ...)))`.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedPostgresError {
+    move |source| EmbeddedPostgresError::Io {
+        what: what.into(),
+        source,
+    }
+}
 
 /// A PostgreSQL server this process started (or adopted, for a persistent cluster that
 /// was still running) and controls.
@@ -58,14 +124,16 @@ impl EmbeddedPostgres {
     /// missing or empty. The port is remembered in the data directory, so the cluster
     /// comes back on the same port next time when it is still free. A server that is
     /// already running there (left by an earlier run) is reused.
-    pub async fn start_persistent(data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start_persistent(data_dir: &Path) -> Result<Self> {
         let data_dir = data_dir.to_path_buf();
         blocking(move || {
             let bin_dir = find_bin_dir()?;
             let run_as = server_user()?;
             fs::create_dir_all(&data_dir)
-                .with_context(|| format!("cannot create {}", data_dir.display()))?;
-            let data_dir = data_dir.canonicalize()?;
+                .map_err(io(format!("cannot create {}", data_dir.display())))?;
+            let data_dir = data_dir
+                .canonicalize()
+                .map_err(io(format!("cannot resolve {}", data_dir.display())))?;
             let mut pg = EmbeddedPostgres {
                 bin_dir,
                 data_dir,
@@ -91,7 +159,9 @@ impl EmbeddedPostgres {
                 pg.write_config(false)?;
                 pg.pg_ctl_start()?;
             }
-            fs::write(pg.data_dir.join("vantage.port"), pg.port.to_string())?;
+            let port_file = pg.data_dir.join("vantage.port");
+            fs::write(&port_file, pg.port.to_string())
+                .map_err(io(format!("cannot write {}", port_file.display())))?;
             pg.spawn_watchdog()?;
             Ok(pg)
         })
@@ -101,7 +171,7 @@ impl EmbeddedPostgres {
     /// Starts a throwaway cluster in a new temporary directory, tuned for tests
     /// (no fsync). The directory is removed when the value is dropped or this process
     /// exits.
-    pub async fn start_temporary() -> anyhow::Result<Self> {
+    pub async fn start_temporary() -> Result<Self> {
         blocking(|| {
             let bin_dir = find_bin_dir()?;
             let run_as = server_user()?;
@@ -112,8 +182,9 @@ impl EmbeddedPostgres {
                 COUNTER.fetch_add(1, Ordering::Relaxed),
                 chrono::Utc::now().timestamp_micros() % 1_000_000_000
             ));
-            fs::create_dir(&root).with_context(|| format!("cannot create {}", root.display()))?;
-            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+            fs::create_dir(&root).map_err(io(format!("cannot create {}", root.display())))?;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("cannot restrict {}", root.display())))?;
             chown(&root, run_as)?;
             let mut pg = EmbeddedPostgres {
                 bin_dir,
@@ -128,16 +199,16 @@ impl EmbeddedPostgres {
             pg.initdb(true)?;
             // Another process may take the free port between our check and the
             // server's bind: try a few.
-            let mut last_err = None;
-            for _ in 0..5 {
+            let mut attempts = 1;
+            loop {
                 pg.port = free_port()?;
                 pg.write_config(true)?;
                 match pg.pg_ctl_start() {
                     Ok(()) => return Ok(pg),
-                    Err(err) => last_err = Some(err),
+                    Err(_) if attempts < 5 => attempts += 1,
+                    Err(err) => return Err(err),
                 }
             }
-            Err(last_err.unwrap_or_else(|| anyhow!("PostgreSQL did not start")))
         })
         .await
     }
@@ -157,13 +228,13 @@ impl EmbeddedPostgres {
 
     /// Stops the server (fast shutdown: open sessions are disconnected). The cluster
     /// can be started again with [`EmbeddedPostgres::start`].
-    pub async fn stop(&self) -> anyhow::Result<()> {
+    pub async fn stop(&self) -> Result<()> {
         let cmd = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
         blocking(move || run(cmd, "pg_ctl stop")).await
     }
 
     /// Starts the server again after [`EmbeddedPostgres::stop`], on the same port.
-    pub async fn start(&self) -> anyhow::Result<()> {
+    pub async fn start(&self) -> Result<()> {
         let cmd = self.pg_ctl_start_command();
         blocking(move || run(cmd, "pg_ctl start"))
             .await
@@ -176,9 +247,11 @@ impl EmbeddedPostgres {
         cmd.status().map(|s| s.success()).unwrap_or(false)
     }
 
-    fn initdb(&self, temporary: bool) -> anyhow::Result<()> {
-        fs::create_dir_all(&self.data_dir)?;
-        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
+    fn initdb(&self, temporary: bool) -> Result<()> {
+        let dir = self.data_dir.display();
+        fs::create_dir_all(&self.data_dir).map_err(io(format!("cannot create {dir}")))?;
+        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("cannot restrict {dir}")))?;
         chown(&self.data_dir, self.run_as)?;
         let mut cmd = self.command("initdb");
         cmd.arg("-D").arg(&self.data_dir).args([
@@ -193,25 +266,25 @@ impl EmbeddedPostgres {
         if temporary {
             cmd.arg("--no-sync");
         }
-        run(cmd, "initdb").with_context(|| {
-            format!(
-                "cannot create a PostgreSQL cluster in {} (as root, the `postgres` user must be \
-                 able to enter every parent directory)",
-                self.data_dir.display()
-            )
+        run(cmd, "initdb").map_err(|err| EmbeddedPostgresError::Initdb {
+            dir: dir.to_string(),
+            source: Box::new(err),
         })?;
-        let mut conf = fs::OpenOptions::new()
+        let conf_path = self.data_dir.join("postgresql.conf");
+        fs::OpenOptions::new()
             .append(true)
-            .open(self.data_dir.join("postgresql.conf"))?;
-        writeln!(
-            conf,
-            "\n# Written by Vantage on every start.\ninclude_if_exists = 'vantage.conf'"
-        )?;
-        Ok(())
+            .open(&conf_path)
+            .and_then(|mut conf| {
+                writeln!(
+                    conf,
+                    "\n# Written by Vantage on every start.\ninclude_if_exists = 'vantage.conf'"
+                )
+            })
+            .map_err(io(format!("cannot append to {}", conf_path.display())))
     }
 
     /// Settings that change per start (the port) or per kind of cluster.
-    fn write_config(&self, temporary: bool) -> anyhow::Result<()> {
+    fn write_config(&self, temporary: bool) -> Result<()> {
         let socket_dir = self.data_dir.to_string_lossy().replace('\'', "''");
         // Unix socket paths are limited to ~107 bytes; skip the socket for deep paths.
         let socket_dir = if socket_dir.len() < 90 {
@@ -232,7 +305,7 @@ impl EmbeddedPostgres {
             );
         }
         let path = self.data_dir.join("vantage.conf");
-        fs::write(&path, conf)?;
+        fs::write(&path, conf).map_err(io(format!("cannot write {}", path.display())))?;
         chown(&path, self.run_as)?;
         Ok(())
     }
@@ -244,21 +317,21 @@ impl EmbeddedPostgres {
         cmd
     }
 
-    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+    fn pg_ctl_start(&self) -> Result<()> {
         run(self.pg_ctl_start_command(), "pg_ctl start").map_err(|err| self.with_log(err))
     }
 
     /// Adds the end of the server log to a start failure: that is where the reason is.
-    fn with_log(&self, err: anyhow::Error) -> anyhow::Error {
+    fn with_log(&self, err: EmbeddedPostgresError) -> EmbeddedPostgresError {
         let log = fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(10).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        err.context(format!(
-            "PostgreSQL did not start on port {} (data directory {}); server log:\n{}",
-            self.port,
-            self.data_dir.display(),
-            tail.join("\n")
-        ))
+        EmbeddedPostgresError::NotStarted {
+            port: self.port,
+            dir: self.data_dir.display().to_string(),
+            log: tail.join("\n"),
+            source: Box::new(err),
+        }
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Command {
@@ -276,7 +349,7 @@ impl EmbeddedPostgres {
         cmd
     }
 
-    fn spawn_watchdog(&self) -> anyhow::Result<()> {
+    fn spawn_watchdog(&self) -> Result<()> {
         // `cat` returns when the pipe closes; signals from the terminal are ignored so
         // that Ctrl-C on a test run still ends in a clean stop.
         const SCRIPT: &str = r#"trap '' INT HUP TERM
@@ -297,9 +370,7 @@ if [ -n "$3" ]; then rm -rf "$3"; fi"#;
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
-        let child = cmd
-            .spawn()
-            .context("cannot start the PostgreSQL watchdog (/bin/sh)")?;
+        let child = cmd.spawn().map_err(EmbeddedPostgresError::Watchdog)?;
         *self.watchdog.lock().unwrap() = Some(child);
         Ok(())
     }
@@ -319,32 +390,37 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .context("blocking task failed")?
+        .map_err(EmbeddedPostgresError::Blocking)?
 }
 
-fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+fn run(mut cmd: Command, what: &'static str) -> Result<()> {
     let output = cmd
         .output()
-        .with_context(|| format!("cannot run {what} ({:?})", cmd.get_program()))?;
+        .map_err(|source| EmbeddedPostgresError::CannotRun {
+            what,
+            program: format!("{:?}", cmd.get_program()),
+            source,
+        })?;
     if !output.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            String::from_utf8_lossy(&output.stdout).trim()
-        );
+        return Err(EmbeddedPostgresError::Failed {
+            what,
+            status: output.status,
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stderr).trim(),
+                String::from_utf8_lossy(&output.stdout).trim()
+            ),
+        });
     }
     Ok(())
 }
 
 /// The directory holding initdb, pg_ctl and postgres: `VANTAGE_PG_BINDIR`,
 /// `pg_config --bindir`, `initdb` on PATH, or the newest `/usr/lib/postgresql/*/bin`.
-pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+pub fn find_bin_dir() -> Result<PathBuf> {
     let complete = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()
@@ -355,10 +431,9 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
         if complete(&dir) {
             return Ok(dir);
         }
-        bail!(
-            "VANTAGE_PG_BINDIR={} does not contain initdb, pg_ctl and postgres",
-            dir.display()
-        );
+        return Err(EmbeddedPostgresError::IncompleteBinDir(
+            dir.display().to_string(),
+        ));
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -390,11 +465,11 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
     versions
         .pop()
         .map(|(_, dir)| dir)
-        .ok_or_else(|| anyhow!(INSTALL_HINT))
+        .ok_or(EmbeddedPostgresError::NotInstalled)
 }
 
 /// PostgreSQL refuses to run as root: then run it as `postgres`.
-fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
+fn server_user() -> Result<Option<(u32, u32)>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -403,26 +478,26 @@ fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
     // SAFETY: getpwnam returns NULL or a pointer to a static record we copy at once.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     if pw.is_null() {
-        bail!(
-            "running as root, but PostgreSQL refuses to run as root and there is no `postgres` \
-             user to run it as: create one (`useradd --system postgres`) or run as a normal user"
-        );
+        return Err(EmbeddedPostgresError::NoPostgresUser);
     }
     // SAFETY: pw is non-null and points to a valid passwd record.
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     Ok(Some((uid, gid)))
 }
 
-fn chown(path: &Path, run_as: Option<(u32, u32)>) -> anyhow::Result<()> {
+fn chown(path: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
     if let Some((uid, gid)) = run_as {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .with_context(|| format!("cannot chown {}", path.display()))?;
+            .map_err(io(format!("cannot chown {}", path.display())))?;
     }
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(io("cannot find a free port on 127.0.0.1"))
 }
 
 fn port_is_free(port: u16) -> bool {

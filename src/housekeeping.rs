@@ -15,7 +15,7 @@
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Leadership;
@@ -29,6 +29,11 @@ const PARTITIONS_CRON: &str = "0 7 * * * *";
 /// Every five minutes: dashboards over long ranges read the rollups, so they lag the
 /// raw heartbeats by at most this much.
 const ROLLUPS_CRON: &str = "30 */5 * * * *";
+
+/// The chores' timer could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("starting the housekeeping scheduler")]
+pub struct HousekeepingError(#[from] JobSchedulerError);
 
 /// What one leader looks after.
 #[derive(Clone)]
@@ -60,14 +65,15 @@ impl Chores {
 }
 
 /// Runs the chores while this instance leads, until `shutdown`. `pool` should be the
-/// maintenance pool.
+/// maintenance pool. The timer is set up before this returns, so a failure is a
+/// start-up error.
 pub async fn spawn(
     pool: PgPool,
     datacenter_id: i32,
     mut leadership: watch::Receiver<Leadership>,
     retention_days: u32,
     shutdown: CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
+) -> Result<JoinHandle<()>, HousekeepingError> {
     let chores = Chores {
         pool,
         datacenter_id,

@@ -268,17 +268,18 @@ impl ElectionConfig {
     }
 }
 
-/// A running election for one instance. Dropping it does not resign: cancel the token
-/// given to [`Elector::start`] and await [`Elector::stopped`].
+/// What a running election publishes: this instance's leadership and its lease.
+/// Dropping it stops nothing: cancel the token given to [`Elector::spawn`] and await the
+/// task it returned.
 pub struct Elector {
     leadership: watch::Receiver<Leadership>,
     lease_until: watch::Receiver<Option<Instant>>,
-    task: JoinHandle<()>,
 }
 
 impl Elector {
-    /// Starts bidding. On `shutdown` the elector resigns (if leading) and its task ends.
-    pub fn start(config: ElectionConfig, shutdown: CancellationToken) -> Self {
+    /// Starts bidding. On `shutdown` the elector resigns (if leading: unlock, close the
+    /// term, notify the standbys) and the returned task ends once it has.
+    pub fn spawn(config: ElectionConfig, shutdown: CancellationToken) -> (Self, JoinHandle<()>) {
         let (publish, leadership) = watch::channel(Leadership::Standby);
         let (lease, lease_until) = watch::channel(None);
         // Two elections run in one process (its datacenter's and the evaluator's): every
@@ -296,11 +297,13 @@ impl Elector {
             .run()
             .instrument(span),
         );
-        Self {
-            leadership,
-            lease_until,
+        (
+            Self {
+                leadership,
+                lease_until,
+            },
             task,
-        }
+        )
     }
 
     /// Until when this instance may start leader work (dispatch probes): `None` while not
@@ -316,11 +319,6 @@ impl Elector {
 
     pub fn current(&self) -> Leadership {
         *self.leadership.borrow()
-    }
-
-    /// Waits until the elector has resigned and closed its connections.
-    pub async fn stopped(self) {
-        let _ = self.task.await;
     }
 }
 

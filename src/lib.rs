@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod assertions;
 pub mod check;
 pub mod config_as_code;
 pub mod embedded_postgres;
@@ -20,6 +21,7 @@ pub mod probe;
 pub mod rollup;
 pub mod runner;
 pub mod schedule;
+pub mod services;
 pub mod storage;
 pub mod telemetry;
 pub mod up;

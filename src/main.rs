@@ -82,12 +82,12 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             telemetry::init(cli.log_format, "info");
-            vantage::runner::execute(args).await
+            vantage::runner::execute(args).await.map_err(Into::into)
         }
         Command::Up(args) => {
             // The live summary owns the terminal; only problems are logged.
             telemetry::init(cli.log_format, "warn");
-            vantage::up::execute(args).await
+            vantage::up::execute(args).await.map_err(Into::into)
         }
         Command::Migrate(args) => {
             telemetry::init(cli.log_format, "info");

@@ -74,19 +74,51 @@ struct SkipLabels {
 struct Sources {
     writer: Option<Arc<WriterStats>>,
     scheduler: Option<Arc<SchedulerStats>>,
-    /// Skips (late, saturated) counted by the schedulers of earlier terms.
-    earlier_skips: [u64; 2],
+    /// What the schedulers of earlier terms counted.
+    earlier: SchedulerTotals,
 }
 
 impl Sources {
-    fn skips(&self) -> [u64; 2] {
-        let [late, saturated] = self.earlier_skips;
-        match &self.scheduler {
-            Some(s) => [
-                late + s.skipped_late.load(Ordering::Relaxed),
-                saturated + s.skipped_saturated.load(Ordering::Relaxed),
-            ],
-            None => [late, saturated],
+    /// Every term's scheduler counts together: each term starts a new scheduler, and
+    /// the exported counters must never go down.
+    fn scheduler_totals(&self) -> SchedulerTotals {
+        let current = self
+            .scheduler
+            .as_deref()
+            .map(SchedulerTotals::of)
+            .unwrap_or_default();
+        self.earlier.plus(current)
+    }
+}
+
+/// The exported counts of [`SchedulerStats`].
+#[derive(Debug, Default, Clone, Copy)]
+struct SchedulerTotals {
+    skipped_late: u64,
+    skipped_saturated: u64,
+    skipped_gated: u64,
+    catch_up_planned: u64,
+    clock_steps: u64,
+}
+
+impl SchedulerTotals {
+    fn of(stats: &SchedulerStats) -> Self {
+        Self {
+            skipped_late: stats.skipped_late.load(Ordering::Relaxed),
+            skipped_saturated: stats.skipped_saturated.load(Ordering::Relaxed),
+            skipped_gated: stats.skipped_gated.load(Ordering::Relaxed),
+            catch_up_planned: stats.catch_up_planned.load(Ordering::Relaxed),
+            clock_steps: stats.clock_steps.load(Ordering::Relaxed),
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            skipped_late: self.skipped_late + other.skipped_late,
+            skipped_saturated: self.skipped_saturated + other.skipped_saturated,
+            skipped_gated: self.skipped_gated + other.skipped_gated,
+            catch_up_planned: self.catch_up_planned + other.catch_up_planned,
+            clock_steps: self.clock_steps + other.clock_steps,
         }
     }
 }
@@ -150,6 +182,9 @@ pub struct Metrics {
     writer_spool_write_failures: Counter,
     writer_dropped_rows: Counter,
     schedule_skipped: Family<SkipLabels, Counter>,
+    scheduler_gated_slots: Counter,
+    scheduler_catch_up_slots: Counter,
+    scheduler_clock_steps: Counter,
     config_reloads: Family<ResultLabels, Counter>,
     evaluator_leader: Gauge,
     incidents_open: Family<IncidentKindLabels, Gauge>,
@@ -261,6 +296,24 @@ impl Metrics {
             "Slots not probed, by reason: late (the scheduler fell a whole period behind) or saturated (no free probe permit)",
             schedule_skipped.clone(),
         );
+        let scheduler_gated_slots = Counter::default();
+        registry.register(
+            "vantage_scheduler_gated_slots",
+            "Slots not started because the leadership lease was not confirmed when they were due to start (not leading, or fenced)",
+            scheduler_gated_slots.clone(),
+        );
+        let scheduler_catch_up_slots = Counter::default();
+        registry.register(
+            "vantage_scheduler_catch_up_slots",
+            "Missed slots queued for replay after a takeover (since the last stored heartbeats)",
+            scheduler_catch_up_slots.clone(),
+        );
+        let scheduler_clock_steps = Counter::default();
+        registry.register(
+            "vantage_scheduler_clock_steps",
+            "Wall-clock steps the scheduler detected (each re-planned every monitor)",
+            scheduler_clock_steps.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "vantage_config_reloads",
@@ -316,6 +369,9 @@ impl Metrics {
             writer_spool_write_failures,
             writer_dropped_rows,
             schedule_skipped,
+            scheduler_gated_slots,
+            scheduler_catch_up_slots,
+            scheduler_clock_steps,
             config_reloads,
             evaluator_leader,
             incidents_open,
@@ -395,11 +451,11 @@ impl Metrics {
         self.lock_sources().writer = Some(stats);
     }
 
-    /// The scheduler of the term that just began: its skips are exported, on top of
+    /// The scheduler of the term that just began: its counts are exported, on top of
     /// those of earlier terms.
     pub fn watch_scheduler(&self, stats: Arc<SchedulerStats>) {
         let mut sources = self.lock_sources();
-        sources.earlier_skips = sources.skips();
+        sources.earlier = sources.scheduler_totals();
         sources.scheduler = Some(stats);
     }
 
@@ -418,13 +474,19 @@ impl Metrics {
             advance(&self.writer_spool_write_failures, w.spool_write_failures);
             advance(&self.writer_dropped_rows, w.dropped_rows);
         }
-        let [late, saturated] = sources.skips();
-        for (reason, total) in [("late", late), ("saturated", saturated)] {
+        let scheduler = sources.scheduler_totals();
+        for (reason, total) in [
+            ("late", scheduler.skipped_late),
+            ("saturated", scheduler.skipped_saturated),
+        ] {
             advance(
                 &self.schedule_skipped.get_or_create(&SkipLabels { reason }),
                 total,
             );
         }
+        advance(&self.scheduler_gated_slots, scheduler.skipped_gated);
+        advance(&self.scheduler_catch_up_slots, scheduler.catch_up_planned);
+        advance(&self.scheduler_clock_steps, scheduler.clock_steps);
     }
 
     pub fn config_reloaded(&self, result: ReloadResult) {
@@ -594,17 +656,30 @@ mod tests {
     }
 
     #[test]
-    fn scheduler_skips_add_up_across_terms_and_writer_counters_are_exported() {
+    fn scheduler_counts_add_up_across_terms_and_writer_counters_are_exported() {
         let m = Metrics::new();
         m.watch_writer(Arc::new(WriterStats::default()));
+        assert_has(
+            &m.render(),
+            &[
+                "vantage_scheduler_gated_slots_total 0",
+                "vantage_scheduler_catch_up_slots_total 0",
+                "vantage_scheduler_clock_steps_total 0",
+            ],
+        );
         let first = Arc::new(SchedulerStats::default());
         m.watch_scheduler(first.clone());
         first.skipped_late.fetch_add(2, Ordering::Relaxed);
         first.skipped_saturated.fetch_add(1, Ordering::Relaxed);
+        first.skipped_gated.fetch_add(4, Ordering::Relaxed);
+        first.catch_up_planned.fetch_add(60, Ordering::Relaxed);
+        first.clock_steps.fetch_add(1, Ordering::Relaxed);
         // A new term, a new scheduler: the counts go on from where they were.
         let second = Arc::new(SchedulerStats::default());
         m.watch_scheduler(second.clone());
         second.skipped_late.fetch_add(3, Ordering::Relaxed);
+        second.skipped_gated.fetch_add(1, Ordering::Relaxed);
+        second.catch_up_planned.fetch_add(2, Ordering::Relaxed);
         for _ in 0..2 {
             // Scraping twice adds nothing twice.
             assert_has(
@@ -612,6 +687,9 @@ mod tests {
                 &[
                     r#"vantage_schedule_skipped_slots_total{reason="late"} 5"#,
                     r#"vantage_schedule_skipped_slots_total{reason="saturated"} 1"#,
+                    "vantage_scheduler_gated_slots_total 5",
+                    "vantage_scheduler_catch_up_slots_total 62",
+                    "vantage_scheduler_clock_steps_total 1",
                     "vantage_writer_insert_failures_total 0",
                     "vantage_writer_spool_write_failures_total 0",
                     "vantage_writer_dropped_rows_total 0",
@@ -635,7 +713,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .map(|l| l.split_once(' ').unwrap())
             .collect();
-        assert_eq!(families.len(), 19, "{families:?}");
+        assert_eq!(families.len(), 22, "{families:?}");
         for (name, kind) in families {
             assert!(name.starts_with("vantage_"), "{name}");
             assert!(

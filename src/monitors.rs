@@ -15,10 +15,12 @@ use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::assertions::Assertions;
 use crate::metrics::{Metrics, ReloadResult};
-use crate::probe::{HttpMonitor, HttpMonitorSpec};
+use crate::probe::{Monitor, MonitorSpec};
 use crate::schedule::Cadence;
 use crate::storage;
 
@@ -37,7 +39,7 @@ pub struct RunnableMonitor {
     pub id: i32,
     pub name: String,
     pub cadence: Cadence,
-    pub http: HttpMonitor,
+    pub monitor: Monitor,
 }
 
 /// The current set, shared with the scheduler; replaced whole on every reload.
@@ -47,6 +49,7 @@ pub type MonitorSet = Arc<Vec<Arc<RunnableMonitor>>>;
 struct MonitorRow {
     id: i32,
     name: String,
+    kind: String,
     method: String,
     url: String,
     headers: Value,
@@ -66,6 +69,9 @@ struct MonitorRow {
     warning_threshold_ms: Option<i32>,
     critical_threshold_ms: Option<i32>,
     include_response_body: bool,
+    settings: Value,
+    assertions: Value,
+    capture_headers: Vec<String>,
 }
 
 /// Bytes of response body kept when a schedule asks for bodies.
@@ -87,7 +93,10 @@ impl MonitorRow {
                 .collect::<Result<Vec<_>, _>>()?,
             other => return Err(format!("headers must be a JSON object, found {other}")),
         };
-        let spec = HttpMonitorSpec {
+        let assertions =
+            Assertions::from_json(&self.assertions).map_err(|err| format!("assertions: {err}"))?;
+        let spec = MonitorSpec {
+            kind: self.kind.parse().map_err(|err| format!("{err}"))?,
             method: self.method,
             url: self.url,
             headers,
@@ -105,13 +114,16 @@ impl MonitorRow {
             redirect_policy: self.redirect_policy,
             warning_ms: self.warning_threshold_ms.map(|ms| ms as f64),
             critical_ms: self.critical_threshold_ms.map(|ms| ms as f64),
+            settings: self.settings,
+            assertions,
+            capture_headers: self.capture_headers,
         };
-        let http = HttpMonitor::new(spec).map_err(|err| err.to_string())?;
+        let monitor = Monitor::new(spec).map_err(|err| err.to_string())?;
         Ok(RunnableMonitor {
             id: self.id,
             name: self.name,
             cadence,
-            http,
+            monitor,
         })
     }
 }
@@ -123,10 +135,11 @@ pub async fn load(
     datacenter_id: i32,
 ) -> Result<(Vec<RunnableMonitor>, Vec<(i32, String, String)>), sqlx::Error> {
     let rows: Vec<MonitorRow> = sqlx::query_as(
-        "SELECT m.id, m.name, m.method, m.url, m.headers, m.secret_headers, m.body, \
+        "SELECT m.id, m.name, m.kind, m.method, m.url, m.headers, m.secret_headers, m.body, \
                 m.expected_status_codes, m.body_contains, m.follow_redirects, m.max_redirects, \
                 m.verify_tls, m.ip_family, m.max_body_bytes, m.redirect_policy, s.interval_seconds, s.cron, s.timeout_ms, \
-                s.warning_threshold_ms, s.critical_threshold_ms, s.include_response_body \
+                s.warning_threshold_ms, s.critical_threshold_ms, s.include_response_body, \
+                m.settings, m.assertions, m.capture_headers \
          FROM api_monitors m \
          JOIN schedules s ON s.id = m.schedule_id \
          JOIN monitor_assignments a ON a.monitor_id = m.id \
@@ -148,8 +161,9 @@ pub async fn load(
     Ok((runnable, rejected))
 }
 
-/// Keeps a [`MonitorSet`] current until `shutdown`. The first load happens before this
-/// returns, so the caller starts with the real set (or an error it can report).
+/// Keeps a [`MonitorSet`] current until `shutdown`; returns it with the watcher's task.
+/// The first load happens before this returns, so the caller starts with the real set
+/// (or an error it can report).
 pub async fn watch_monitors(
     pool: PgPool,
     listen_options: PgConnectOptions,
@@ -157,14 +171,14 @@ pub async fn watch_monitors(
     full_reload_every: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<watch::Receiver<MonitorSet>, sqlx::Error> {
+) -> Result<(watch::Receiver<MonitorSet>, JoinHandle<()>), sqlx::Error> {
     let mut reporter = RejectionReporter::default();
     let (monitors, rejected) = load(&pool, datacenter_id).await?;
     reporter.report(&rejected);
     tracing::info!(monitors = monitors.len(), "monitor configuration loaded");
     let (publish, subscribe) = watch::channel(into_set(monitors));
 
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut listener = None;
         let mut tick = tokio::time::interval(full_reload_every);
         tick.reset();
@@ -203,7 +217,7 @@ pub async fn watch_monitors(
             }
         }
     });
-    Ok(subscribe)
+    Ok((subscribe, task))
 }
 
 fn into_set(monitors: Vec<RunnableMonitor>) -> MonitorSet {

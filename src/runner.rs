@@ -10,10 +10,15 @@
 //! missed since the last stored heartbeats. Settings are range-checked before anything
 //! starts ([`RunArgs::validate`]).
 //!
+//! Every background service is started the same way, with the one shutdown token, and
+//! its task recorded by name ([`crate::services`]); only the writer has a stop of its own,
+//! because it must outlive everything that produces heartbeats.
+//!
 //! Shutdown (SIGTERM/SIGINT), in the order that loses nothing and leaves no slot
 //! unprobed: stop scheduling, resign (unlock + notify, so a standby bids at once), let
 //! in-flight probes finish within a bound, flush the writer (or spool what cannot be
-//! written), mark the instance stopped.
+//! written), then join the other services (the instance is marked stopped), each step
+//! within its budget (`SHUTDOWN_*`).
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -23,23 +28,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::agent::{self, AgentIdentity, Registration};
 use crate::api::{self, InstanceView};
 use crate::heartbeat::Heartbeat;
-use crate::housekeeping;
+use crate::housekeeping::{self, HousekeepingError};
 use crate::incidents::{self, EvaluatorConfig};
 use crate::leadership::{self, ElectionConfig, Elector, Leadership, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::monitors::{self, MonitorSet, RunnableMonitor};
-use crate::notify;
+use crate::notify::{self, NotifyConfigError};
 use crate::probe::Prober;
 use crate::schedule::{CatchUpBound, DispatchGate, Fire, ScheduleEntry, Scheduler};
+use crate::services::Services;
 use crate::storage::{self, HeartbeatSender, HeartbeatWriter, WriterConfig};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -237,14 +246,58 @@ const SHUTDOWN_RESIGN: Duration = Duration::from_secs(3);
 const SHUTDOWN_WRITER_FLUSH: Duration = Duration::from_secs(3);
 const SHUTDOWN_TEARDOWN: Duration = Duration::from_secs(1);
 
-pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
+/// Why `vantage run` could not start. Each variant's message says what was being done;
+/// its source, what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Settings(#[from] OutOfRange),
+    /// The URL's text is redacted (no password).
+    #[error("DATABASE_URL is not a valid PostgreSQL URL ({0}); expected postgres://user:password@host:port/database")]
+    DatabaseUrl(String),
+    #[error("applying database migrations")]
+    Migrate(#[source] MigrateError),
+    #[error("checking the database schema")]
+    SchemaCheck(#[source] sqlx::Error),
+    #[error(
+        "the database schema is {0} migration(s) behind this version of vantage; \
+         run `vantage migrate` (or set VANTAGE_AUTO_MIGRATE=true)"
+    )]
+    SchemaBehind(usize),
+    #[error("looking up the datacenter")]
+    DatacenterLookup(#[source] sqlx::Error),
+    #[error(
+        "unknown datacenter {0:?}: the datacenters table is empty; insert it \
+         (INSERT INTO datacenters (code, name) VALUES ('{0}', '...')) or load the \
+         examples with `vantage seed-example`"
+    )]
+    NoDatacenters(String),
+    #[error("unknown datacenter {code:?}; known codes: {known} (set VANTAGE_DATACENTER to one of them or insert a row into datacenters)")]
+    UnknownDatacenter { code: String, known: String },
+    #[error("registering this instance in agents")]
+    Register(#[source] sqlx::Error),
+    #[error("starting the heartbeat writer")]
+    Writer(#[source] std::io::Error),
+    #[error("setting up notification delivery")]
+    Notify(#[source] NotifyConfigError),
+    #[error("loading monitor configuration")]
+    Monitors(#[source] sqlx::Error),
+    #[error(transparent)]
+    Housekeeping(#[from] HousekeepingError),
+    #[error("binding VANTAGE_LISTEN={addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the prober")]
+    Prober(#[from] crate::probe::ProberError),
+}
+
+pub async fn execute(args: RunArgs) -> Result<std::process::ExitCode, RunError> {
     args.validate()?;
-    let connect_options = PgConnectOptions::from_str(&args.database_url).map_err(|err| {
-        anyhow::anyhow!(
-            "DATABASE_URL is not a valid PostgreSQL URL ({}); expected postgres://user:password@host:port/database",
-            storage::redact_error(&err)
-        )
-    })?;
+    let connect_options = PgConnectOptions::from_str(&args.database_url)
+        .map_err(|err| RunError::DatabaseUrl(storage::redact_error(&err)))?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 
@@ -256,7 +309,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     let identity = AgentIdentity::of_this_process(datacenter_id, args.instance_name.clone());
     let registration = Registration::start(&pool, identity)
         .await
-        .context("registering this instance in agents")?;
+        .map_err(RunError::Register)?;
     let instance_name = registration.identity().instance_name.clone();
     tracing::info!(
         datacenter = %args.datacenter,
@@ -266,6 +319,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     );
 
     let metrics = Metrics::new();
+    // The writer is not stopped by `shutdown`: it stores the probes still in flight
+    // after everything else has stopped, and is flushed last.
     let (heartbeats, writer) = HeartbeatWriter::spawn(
         pool.clone(),
         WriterConfig {
@@ -278,7 +333,12 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         },
     )
     .await
-    .context("starting the heartbeat writer")?;
+    .map_err(RunError::Writer)?;
+
+    // Stopped first at shutdown, within SHUTDOWN_RESIGN: the scheduler and the electors.
+    let mut leading = Services::new();
+    // Stopped last, within SHUTDOWN_TEARDOWN, after the writer has flushed.
+    let mut services = Services::new();
 
     // Both elections of this instance share its registration and the lease setting.
     let election_of = |scope, outage_grace| {
@@ -288,38 +348,46 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         config.lease = args.leader_lease;
         config
     };
-    let elector = Elector::start(
+    let (elector, election) = Elector::spawn(
         election_of(
             LeadershipScope::Datacenter(datacenter_id),
             args.db_outage_grace,
         ),
         shutdown.clone(),
     );
+    leading.add("datacenter elector", election);
     // Every instance bids for the one system-wide evaluator too; a dead database leaves
     // nothing to evaluate, so it fences at once instead of riding out an outage.
-    let evaluator_election = election_of(LeadershipScope::Evaluator, Duration::ZERO);
-    let evaluator_elector = Elector::start(evaluator_election, shutdown.clone());
-    let evaluator = incidents::spawn(
-        pool.clone(),
-        connect_options.clone(),
-        evaluator_elector.subscribe(),
-        EvaluatorConfig::default(),
-        metrics.clone(),
+    let (evaluator_elector, evaluator_election) = Elector::spawn(
+        election_of(LeadershipScope::Evaluator, Duration::ZERO),
         shutdown.clone(),
+    );
+    leading.add("evaluator elector", evaluator_election);
+    services.add(
+        "incident evaluator",
+        incidents::spawn(
+            pool.clone(),
+            connect_options.clone(),
+            evaluator_elector.subscribe(),
+            EvaluatorConfig::default(),
+            metrics.clone(),
+            shutdown.clone(),
+        ),
     );
     // Notifications go out from the evaluator's instance too: the outbox rows it (or an
     // acknowledgement) writes are delivered where the incidents are decided.
-    let notifier = notify::spawn(
-        pool.clone(),
-        evaluator_elector.subscribe(),
-        args.notify
-            .config()
-            .context("setting up notification delivery")?,
-        metrics.clone(),
-        shutdown.clone(),
+    services.add(
+        "notification worker",
+        notify::spawn(
+            pool.clone(),
+            evaluator_elector.subscribe(),
+            args.notify.config().map_err(RunError::Notify)?,
+            metrics.clone(),
+            shutdown.clone(),
+        ),
     );
 
-    let monitor_set = monitors::watch_monitors(
+    let (monitor_set, watcher) = monitors::watch_monitors(
         pool.clone(),
         connect_options.clone(),
         datacenter_id,
@@ -328,25 +396,32 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         shutdown.clone(),
     )
     .await
-    .context("loading monitor configuration")?;
+    .map_err(RunError::Monitors)?;
+    services.add("monitor watcher", watcher);
 
-    let liveness = agent::spawn_liveness(
-        pool.clone(),
-        registration.clone(),
-        elector.subscribe(),
-        shutdown.clone(),
+    services.add(
+        "liveness",
+        agent::spawn_liveness(
+            pool.clone(),
+            registration.clone(),
+            elector.subscribe(),
+            shutdown.clone(),
+        ),
     );
     // Maintenance gets connections of its own: whatever it waits for, the writer's
     // pool stays free.
     let maintenance_pool = storage::maintenance_pool(connect_options.clone());
-    let housekeeping = housekeeping::spawn(
-        maintenance_pool.clone(),
-        datacenter_id,
-        elector.subscribe(),
-        args.retention_days,
-        shutdown.clone(),
-    )
-    .await?;
+    services.add(
+        "housekeeping",
+        housekeeping::spawn(
+            maintenance_pool.clone(),
+            datacenter_id,
+            elector.subscribe(),
+            args.retention_days,
+            shutdown.clone(),
+        )
+        .await?,
+    );
 
     let monitors_scheduled = Arc::new(AtomicUsize::new(0));
     let view = InstanceView {
@@ -359,13 +434,17 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         metrics: metrics.clone(),
         pool: pool.clone(),
     };
-    let endpoints = api::serve(args.listen, view, shutdown.clone())
+    let endpoints = api::spawn(args.listen, view, shutdown.clone())
         .await
-        .with_context(|| format!("binding VANTAGE_LISTEN={}", args.listen))?;
+        .map_err(|source| RunError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    services.add("endpoints", endpoints);
     tracing::info!(listen = %args.listen, "endpoints listening");
 
     let probing = Probing {
-        prober: Prober::from_env().context("setting up the prober")?,
+        prober: Prober::from_env()?,
         heartbeats,
         datacenter: args.datacenter.clone(),
         datacenter_id,
@@ -374,21 +453,24 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         metrics,
         pool: pool.clone(),
     };
-    let in_flight = lead_while_elected(
+    let in_flight = TaskTracker::new();
+    let scheduling = Scheduling {
         probing,
-        elector.subscribe(),
-        DispatchGate::new(elector.lease_until()),
+        leadership: elector.subscribe(),
+        gate: DispatchGate::new(elector.lease_until()),
         monitor_set,
         monitors_scheduled,
-        args.max_concurrent_probes,
-        &shutdown,
-    )
-    .await;
+        max_concurrent: args.max_concurrent_probes,
+        in_flight: in_flight.clone(),
+    };
+    leading.add("scheduler", scheduling.spawn(shutdown.clone()));
 
-    // Shutdown, in order, each step within its budget (SHUTDOWN_*). The scheduler has
-    // stopped dispatching; the electors resign as soon as they see the cancelled token.
-    let resign = async { tokio::join!(elector.stopped(), evaluator_elector.stopped()) };
-    if tokio::time::timeout(SHUTDOWN_RESIGN, resign).await.is_err() {
+    shutdown.cancelled().await;
+    // Shutdown, in order, each step within its budget (SHUTDOWN_*). Every service saw the
+    // cancelled token at once: the scheduler stops dispatching (and the electors step
+    // down before they unlock, which closes the dispatch gate), the electors resign.
+    let resigned_by = Instant::now() + SHUTDOWN_RESIGN;
+    if !leading.join(resigned_by).await.is_empty() {
         tracing::warn!("resigning leadership took too long; the lock goes with the connection");
     }
     in_flight.close();
@@ -403,14 +485,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let flushed = writer.shutdown().await;
     tracing::info!(?flushed, "heartbeat writer stopped");
-    let teardown = async {
-        let _ = tokio::join!(liveness, housekeeping, endpoints, evaluator, notifier);
-        tokio::join!(pool.close(), maintenance_pool.close());
-    };
-    if tokio::time::timeout(SHUTDOWN_TEARDOWN, teardown)
-        .await
-        .is_err()
-    {
+    let teardown_by = Instant::now() + SHUTDOWN_TEARDOWN;
+    let overran = services.join(teardown_by).await;
+    let pools = async { tokio::join!(pool.close(), maintenance_pool.close()) };
+    if !overran.is_empty() || tokio::time::timeout_at(teardown_by, pools).await.is_err() {
         tracing::warn!("background tasks did not stop in time; exiting anyway");
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -434,7 +512,7 @@ impl Probing {
         // The term under which this probe was dispatched: it may change mid-probe when a
         // leader re-takes its lock after an outage, and the heartbeat belongs to the old one.
         let leader_term = self.leadership.borrow().term();
-        let report = self.prober.probe(&fire.payload.http).await;
+        let report = self.prober.probe(&fire.payload.monitor).await;
         // A replayed slot's lag is the gap it fills, not the scheduler's punctuality.
         if !fire.catch_up {
             self.metrics.observe_lag(fire.lag);
@@ -453,82 +531,99 @@ impl Probing {
     }
 }
 
-/// Runs a scheduler whenever this instance leads and stops it the moment it does not.
-/// Returns the tracker of in-flight probes once `shutdown` is cancelled.
-async fn lead_while_elected(
+/// The scheduler service: runs a scheduler whenever this instance leads and stops it
+/// the moment it does not, until shutdown.
+struct Scheduling {
     probing: Probing,
-    mut leadership: watch::Receiver<Leadership>,
+    leadership: watch::Receiver<Leadership>,
     gate: DispatchGate,
-    mut monitor_set: watch::Receiver<MonitorSet>,
+    monitor_set: watch::Receiver<MonitorSet>,
     monitors_scheduled: Arc<AtomicUsize>,
     max_concurrent: usize,
-    shutdown: &CancellationToken,
-) -> tokio_util::task::TaskTracker {
-    let probing = Arc::new(probing);
-    let in_flight = tokio_util::task::TaskTracker::new();
-    loop {
-        // Standby: wait to be elected.
-        tokio::select! {
-            _ = shutdown.cancelled() => return in_flight,
-            _ = leadership.wait_for(|l| l.is_leader()) => {}
-        }
-        let term = leadership.borrow().term();
-        tracing::info!(?term, "leading: scheduling monitors");
-        let stop = shutdown.child_token();
-        let scheduler = {
-            let probing = probing.clone();
-            Scheduler::new(max_concurrent, in_flight.clone(), move |fire| {
-                let probing = probing.clone();
-                async move { probing.probe(fire).await }
-            })
-            .with_catch_up(HANDOVER_CATCH_UP)
-            .with_gate(gate.clone())
-        };
-        let entries = entries_of(&monitor_set.borrow_and_update());
-        monitors_scheduled.store(entries.len(), Ordering::Relaxed);
-        let monitor_ids: Vec<i32> = entries.iter().map(|e| e.monitor_id).collect();
-        let handle = scheduler.handle();
-        probing.metrics.watch_scheduler(handle.stats());
-        handle.replace_all(entries);
-        let run = tokio::spawn(scheduler.run(stop.clone()));
-        // The deeper catch-up needs a database read; the scheduler is already running
-        // meanwhile, so the read never delays the first slots.
-        let catch_up = {
-            let (pool, handle, datacenter_id) =
-                (probing.pool.clone(), handle.clone(), probing.datacenter_id);
-            tokio::spawn(async move {
-                match last_stored_slots(&pool, datacenter_id, &monitor_ids).await {
-                    Ok(last) => handle.catch_up(last, TAKEOVER_CATCH_UP),
-                    Err(err) => tracing::warn!(
-                        error = %storage::redact_error(&err),
-                        "could not read the last stored heartbeats; only the latest missed slot is caught up"
-                    ),
-                }
-            })
-        };
+    /// Every probe it dispatches: shutdown waits for them after the scheduler stopped.
+    in_flight: TaskTracker,
+}
+
+impl Scheduling {
+    fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.run(shutdown))
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            probing,
+            mut leadership,
+            gate,
+            mut monitor_set,
+            monitors_scheduled,
+            max_concurrent,
+            in_flight,
+        } = self;
+        let probing = Arc::new(probing);
         loop {
+            // Standby: wait to be elected.
             tokio::select! {
-                _ = stop.cancelled() => break,
-                changed = leadership.changed() => {
-                    if changed.is_err() || !leadership.borrow().is_leader() {
-                        break;
+                _ = shutdown.cancelled() => return,
+                _ = leadership.wait_for(|l| l.is_leader()) => {}
+            }
+            let term = leadership.borrow().term();
+            tracing::info!(?term, "leading: scheduling monitors");
+            let stop = shutdown.child_token();
+            let scheduler = {
+                let probing = probing.clone();
+                Scheduler::new(max_concurrent, in_flight.clone(), move |fire| {
+                    let probing = probing.clone();
+                    async move { probing.probe(fire).await }
+                })
+                .with_catch_up(HANDOVER_CATCH_UP)
+                .with_gate(gate.clone())
+            };
+            let entries = entries_of(&monitor_set.borrow_and_update());
+            monitors_scheduled.store(entries.len(), Ordering::Relaxed);
+            let monitor_ids: Vec<i32> = entries.iter().map(|e| e.monitor_id).collect();
+            let handle = scheduler.handle();
+            probing.metrics.watch_scheduler(handle.stats());
+            handle.replace_all(entries);
+            let run = tokio::spawn(scheduler.run(stop.clone()));
+            // The deeper catch-up needs a database read; the scheduler is already running
+            // meanwhile, so the read never delays the first slots.
+            let catch_up = {
+                let (pool, handle, datacenter_id) =
+                    (probing.pool.clone(), handle.clone(), probing.datacenter_id);
+                tokio::spawn(async move {
+                    match last_stored_slots(&pool, datacenter_id, &monitor_ids).await {
+                        Ok(last) => handle.catch_up(last, TAKEOVER_CATCH_UP),
+                        Err(err) => tracing::warn!(
+                            error = %storage::redact_error(&err),
+                            "could not read the last stored heartbeats; only the latest missed slot is caught up"
+                        ),
                     }
-                }
-                changed = monitor_set.changed() => {
-                    if changed.is_ok() {
-                        let entries = entries_of(&monitor_set.borrow_and_update());
-                        monitors_scheduled.store(entries.len(), Ordering::Relaxed);
-                        handle.replace_all(entries);
+                })
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = leadership.changed() => {
+                        if changed.is_err() || !leadership.borrow().is_leader() {
+                            break;
+                        }
+                    }
+                    changed = monitor_set.changed() => {
+                        if changed.is_ok() {
+                            let entries = entries_of(&monitor_set.borrow_and_update());
+                            monitors_scheduled.store(entries.len(), Ordering::Relaxed);
+                            handle.replace_all(entries);
+                        }
                     }
                 }
             }
+            // Self-fence: no new probe starts after this line.
+            stop.cancel();
+            catch_up.abort();
+            let _ = run.await;
+            monitors_scheduled.store(0, Ordering::Relaxed);
+            tracing::info!("not leading: scheduling stopped");
         }
-        // Self-fence: no new probe starts after this line.
-        stop.cancel();
-        catch_up.abort();
-        let _ = run.await;
-        monitors_scheduled.store(0, Ordering::Relaxed);
-        tracing::info!("not leading: scheduling stopped");
     }
 }
 
@@ -606,31 +701,25 @@ async fn wait_for_database(
     }
 }
 
-async fn prepare_schema(pool: &PgPool, auto_migrate: bool) -> anyhow::Result<()> {
+async fn prepare_schema(pool: &PgPool, auto_migrate: bool) -> Result<(), RunError> {
     if auto_migrate {
-        storage::migrate(pool)
-            .await
-            .context("applying database migrations")?;
-        return Ok(());
+        return storage::migrate(pool).await.map_err(RunError::Migrate);
     }
     let pending = storage::pending_migrations(pool)
         .await
-        .context("checking the database schema")?;
+        .map_err(RunError::SchemaCheck)?;
     if pending > 0 {
-        bail!(
-            "the database schema is {pending} migration(s) behind this version of vantage; \
-             run `vantage migrate` (or set VANTAGE_AUTO_MIGRATE=true)"
-        );
+        return Err(RunError::SchemaBehind(pending));
     }
     Ok(())
 }
 
-async fn resolve_datacenter(pool: &PgPool, code: &str) -> anyhow::Result<i32> {
+async fn resolve_datacenter(pool: &PgPool, code: &str) -> Result<i32, RunError> {
     let id: Option<i32> = sqlx::query_scalar("SELECT id FROM datacenters WHERE code = $1")
         .bind(code)
         .fetch_optional(pool)
         .await
-        .context("looking up the datacenter")?;
+        .map_err(RunError::DatacenterLookup)?;
     if let Some(id) = id {
         return Ok(id);
     }
@@ -639,14 +728,10 @@ async fn resolve_datacenter(pool: &PgPool, code: &str) -> anyhow::Result<i32> {
         .await
         .unwrap_or_default();
     if known.is_empty() {
-        bail!(
-            "unknown datacenter {code:?}: the datacenters table is empty; insert it \
-             (INSERT INTO datacenters (code, name) VALUES ('{code}', '...')) or load the \
-             examples with `vantage seed-example`"
-        );
+        return Err(RunError::NoDatacenters(code.to_string()));
     }
-    bail!(
-        "unknown datacenter {code:?}; known codes: {} (set VANTAGE_DATACENTER to one of them or insert a row into datacenters)",
-        known.join(", ")
-    )
+    Err(RunError::UnknownDatacenter {
+        code: code.to_string(),
+        known: known.join(", "),
+    })
 }

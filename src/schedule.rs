@@ -26,6 +26,11 @@
 //! least every [`CLOCK_CHECK_EVERY`]), logged, and every monitor re-planned from the new
 //! time, instead of pausing for the size of a backward step.
 //!
+//! The wall clock is read through a [`WallClock`] ([`SystemClock`] unless the caller
+//! gives another): slots are wall-clock times while timers are monotonic, and a test
+//! that can move both (tokio's paused clock plus a clock that follows it) runs minutes
+//! of slots, and wall-clock steps, without waiting.
+//!
 //! tokio-cron-scheduler is deliberately not used here: it ticks every 500 ms, keeps fire
 //! times in whole seconds and drops fires at scale (see DESIGN.md). It runs only the
 //! leader's housekeeping. This module knows nothing about probes, Postgres or leadership:
@@ -212,6 +217,20 @@ pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A disagreement between the two clocks larger than this is a step, not timer jitter.
 const CLOCK_STEP_THRESHOLD: Duration = Duration::from_millis(500);
 
+/// Where the scheduler reads the wall clock (the monotonic one is tokio's).
+pub trait WallClock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's wall clock.
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
 /// Permission to start probes until an instant, published by whoever decides (the
 /// leader's lease). `None`: closed. Consulted right before every start, not only on
 /// changes, because a stalled process's instant passes without any change.
@@ -295,6 +314,7 @@ impl<T> SchedulerHandle<T> {
 
 pub struct Scheduler<T, F> {
     dispatch: Arc<F>,
+    clock: Arc<dyn WallClock>,
     catch_up: Duration,
     gate: Option<DispatchGate>,
     permits: Arc<Semaphore>,
@@ -331,6 +351,7 @@ where
         let (updates_tx, updates) = mpsc::unbounded_channel();
         Self {
             dispatch: Arc::new(dispatch),
+            clock: Arc::new(SystemClock),
             catch_up: Duration::ZERO,
             gate: None,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
@@ -354,6 +375,12 @@ where
         self
     }
 
+    /// Reads the wall clock from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Starts nothing unless `gate` is open at that instant.
     pub fn with_gate(mut self, gate: DispatchGate) -> Self {
         self.gate = Some(gate);
@@ -372,10 +399,12 @@ where
         let mut replays = ReplayQueue::new();
         let mut generation = 0u64;
         let mut catch_up = self.catch_up;
-        let mut clock = ClockWatch::now();
+        let mut clock = ClockWatch::now(&*self.clock);
         let mut gate = self.gate.clone();
         loop {
-            let next_due = due.peek().map(|Reverse((slot, _, _))| instant_of(*slot));
+            let next_due = due
+                .peek()
+                .map(|Reverse((slot, _, _))| instant_of(&*self.clock, *slot));
             let next_replay = replays.peek().map(|Reverse((at, ..))| *at);
             let clock_check = Instant::now() + CLOCK_CHECK_EVERY;
             let wake_at = [next_due, next_replay]
@@ -399,14 +428,14 @@ where
                     }
                 },
                 _ = tokio::time::sleep_until(wake_at) => {
-                    if let Some(step) = clock.step() {
+                    if let Some(step) = clock.step(&*self.clock) {
                         self.handle.stats.clock_steps.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             step_s = step,
                             "the wall clock stepped; re-planning every monitor from the new time"
                         );
                         generation += 1;
-                        replan(generation, &mut monitors, &mut due);
+                        replan(self.clock.now(), generation, &mut monitors, &mut due);
                     }
                     if let Some(gate) = gate.as_mut().filter(|g| !g.is_open()) {
                         // A stall or a lost lease: due slots wait (and the latest is
@@ -434,7 +463,7 @@ where
         monitors: &HashMap<i32, Planned<T>>,
         replays: &mut ReplayQueue,
     ) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let start = Instant::now();
         let window_start = now - chrono::Duration::from_std(bound.window).unwrap_or_default();
         let mut planned = 0u64;
@@ -521,7 +550,7 @@ where
         monitors: &mut HashMap<i32, Planned<T>>,
         due: &mut DueQueue,
     ) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut next = HashMap::with_capacity(entries.len());
         for entry in entries {
             let planned = match monitors.remove(&entry.monitor_id) {
@@ -567,7 +596,7 @@ where
         due: &mut DueQueue,
         stop: &CancellationToken,
     ) {
-        let now = Utc::now();
+        let now = self.clock.now();
         while let Some(Reverse((slot, monitor_id, generation))) = due.peek().copied() {
             if slot > now {
                 break;
@@ -623,8 +652,9 @@ where
         let stats = self.handle.stats.clone();
         let stop = stop.clone();
         let gate = self.gate.clone();
+        let clock = self.clock.clone();
         self.in_flight.spawn(async move {
-            let give_up = next_slot.map(instant_of);
+            let give_up = next_slot.map(|next| instant_of(&*clock, next));
             let permit = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -640,7 +670,7 @@ where
                 stats.skipped_gated.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let started_at = Utc::now();
+            let started_at = clock.now();
             stats.fired.fetch_add(1, Ordering::Relaxed);
             dispatch(Fire {
                 monitor_id,
@@ -658,8 +688,12 @@ where
 
 /// After a wall-clock step, every monitor starts again at its next slot from the new
 /// time; queue entries of the old plan are invalidated by the new generation.
-fn replan<T>(generation: u64, monitors: &mut HashMap<i32, Planned<T>>, due: &mut DueQueue) {
-    let now = Utc::now();
+fn replan<T>(
+    now: DateTime<Utc>,
+    generation: u64,
+    monitors: &mut HashMap<i32, Planned<T>>,
+    due: &mut DueQueue,
+) {
     due.clear();
     for (&monitor_id, planned) in monitors.iter_mut() {
         planned.generation = generation;
@@ -676,17 +710,17 @@ struct ClockWatch {
 }
 
 impl ClockWatch {
-    fn now() -> Self {
+    fn now(clock: &dyn WallClock) -> Self {
         Self {
-            wall: Utc::now(),
+            wall: clock.now(),
             mono: Instant::now(),
         }
     }
 
     /// The wall clock's step since the last call, in seconds (negative: backwards), if
     /// it is larger than jitter.
-    fn step(&mut self) -> Option<f64> {
-        let last = std::mem::replace(self, Self::now());
+    fn step(&mut self, clock: &dyn WallClock) -> Option<f64> {
+        let last = std::mem::replace(self, Self::now(clock));
         let wall = (self.wall - last.wall).num_microseconds()? as f64 / 1e6;
         let mono = (self.mono - last.mono).as_secs_f64();
         let step = wall - mono;
@@ -695,8 +729,8 @@ impl ClockWatch {
 }
 
 /// The monotonic instant at which the wall clock reads `at` (now, if that has passed).
-fn instant_of(at: DateTime<Utc>) -> Instant {
-    let ahead = (at - Utc::now()).to_std().unwrap_or_default();
+fn instant_of(clock: &dyn WallClock, at: DateTime<Utc>) -> Instant {
+    let ahead = (at - clock.now()).to_std().unwrap_or_default();
     Instant::now() + ahead
 }
 
@@ -790,7 +824,47 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    /// A wall clock that follows tokio's clock (paused in these tests, so it only moves
+    /// when the runtime advances it) from a fixed start, plus the steps a test applies.
+    struct TestClock {
+        start_wall: DateTime<Utc>,
+        start: Instant,
+        stepped: Mutex<chrono::Duration>,
+    }
+
+    impl TestClock {
+        fn starting_at(wall: &str) -> Arc<Self> {
+            Arc::new(Self {
+                start_wall: at(wall),
+                start: Instant::now(),
+                stepped: Mutex::new(chrono::Duration::zero()),
+            })
+        }
+
+        /// Steps the wall clock (an NTP correction, an operator's `date -s`).
+        fn step(&self, by: chrono::Duration) {
+            *self.stepped.lock().unwrap() += by;
+        }
+    }
+
+    impl WallClock for TestClock {
+        fn now(&self) -> DateTime<Utc> {
+            let elapsed = chrono::Duration::from_std(self.start.elapsed()).unwrap();
+            self.start_wall + elapsed + *self.stepped.lock().unwrap()
+        }
+    }
+
+    const START: &str = "2026-11-25T10:00:00.250Z";
+
+    fn every_second(monitor_id: i32) -> ScheduleEntry<()> {
+        ScheduleEntry {
+            monitor_id,
+            cadence: Cadence::Every { seconds: 1 },
+            payload: Arc::new(()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn fires_each_slot_once_on_time_and_applies_updates() {
         let fires = Arc::new(Mutex::new(Vec::new()));
         let recorded = fires.clone();
@@ -804,7 +878,8 @@ mod tests {
                     *fire.payload,
                 ));
             }
-        });
+        })
+        .with_clock(TestClock::starting_at(START));
         let handle = scheduler.handle();
         let entry = |id, payload| ScheduleEntry {
             monitor_id: id,
@@ -845,8 +920,9 @@ mod tests {
             "v2",
             "the update reached the next slot"
         );
+        // tokio's timers have millisecond resolution.
         for fire in &fires {
-            assert!(fire.2 < Duration::from_millis(100), "late by {:?}", fire.2);
+            assert!(fire.2 <= Duration::from_millis(1), "late by {:?}", fire.2);
         }
         assert_eq!(
             handle.stats().fired.load(Ordering::Relaxed),
@@ -854,39 +930,47 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_starting_scheduler_catches_up_the_slot_that_just_passed() {
         let fires = Arc::new(Mutex::new(Vec::new()));
         let recorded = fires.clone();
+        let clock = TestClock::starting_at(START);
         let scheduler = Scheduler::new(4, TaskTracker::new(), move |fire: Fire<()>| {
             let recorded = recorded.clone();
             async move { recorded.lock().unwrap().push((fire.slot, fire.lag)) }
         })
-        .with_catch_up(Duration::from_secs(10));
+        .with_catch_up(Duration::from_secs(10))
+        .with_clock(clock.clone());
+        let cadence = Cadence::Every { seconds: 10 };
         scheduler.handle().replace_all(vec![ScheduleEntry {
             monitor_id: 42,
-            cadence: Cadence::Every { seconds: 10 },
+            cadence: cadence.clone(),
             payload: Arc::new(()),
         }]);
-        let started = Utc::now();
+        let started = clock.now();
         let stop = CancellationToken::new();
         let run = tokio::spawn(scheduler.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.cancel();
         run.await.unwrap();
-        // The monitor's next slot may fall inside the 200 ms as well (one run in 50);
-        // it is fired on time like any other, and is not what this test is about.
+
+        let passed = cadence.last_slot_at_or_before(42, started).unwrap();
+        let next = cadence.next_slot_after(42, started).unwrap();
+        assert!(
+            next - started > chrono::Duration::milliseconds(200),
+            "{next}"
+        );
         let fires = fires.lock().unwrap().clone();
-        let caught_up: Vec<_> = fires.iter().filter(|(slot, _)| *slot <= started).collect();
-        assert_eq!(caught_up.len(), 1, "{fires:?}");
-        let (slot, lag) = *caught_up[0];
+        assert_eq!(fires.len(), 1, "{fires:?}");
+        let (slot, lag) = fires[0];
+        assert_eq!(slot, passed, "the slot that just passed");
         assert!(
             lag >= (started - slot).to_std().unwrap(),
-            "its lag is honest"
+            "its lag is honest: {lag:?}"
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stopped_scheduler_starts_nothing_waiting_for_a_permit() {
         let started = Arc::new(AtomicU64::new(0));
         let counter = started.clone();
@@ -898,17 +982,10 @@ mod tests {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
-        });
+        })
+        .with_clock(TestClock::starting_at(START));
         let handle = scheduler.handle();
-        handle.replace_all(
-            (1..=3)
-                .map(|id| ScheduleEntry {
-                    monitor_id: id,
-                    cadence: Cadence::Every { seconds: 1 },
-                    payload: Arc::new(()),
-                })
-                .collect(),
-        );
+        handle.replace_all((1..=3).map(every_second).collect());
         let stop = CancellationToken::new();
         let run = tokio::spawn(scheduler.run(stop.clone()));
         tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -926,9 +1003,11 @@ mod tests {
     /// `(slot, catch_up)` of one fire.
     type Fired = (DateTime<Utc>, bool);
 
-    /// A running scheduler of one monitor every second, recording every fire.
+    /// A running scheduler of one monitor every second on a [`TestClock`], recording
+    /// every fire.
     struct Recording {
         handle: SchedulerHandle<()>,
+        clock: Arc<TestClock>,
         fires: Arc<Mutex<Vec<Fired>>>,
         stop: CancellationToken,
         run: tokio::task::JoinHandle<()>,
@@ -938,23 +1017,22 @@ mod tests {
         fn start(gate: Option<DispatchGate>) -> Self {
             let fires = Arc::new(Mutex::new(Vec::new()));
             let recorded = fires.clone();
+            let clock = TestClock::starting_at(START);
             let mut scheduler = Scheduler::new(8, TaskTracker::new(), move |fire: Fire<()>| {
                 recorded.lock().unwrap().push((fire.slot, fire.catch_up));
                 std::future::ready(())
-            });
+            })
+            .with_clock(clock.clone());
             if let Some(gate) = gate {
                 scheduler = scheduler.with_gate(gate);
             }
             let handle = scheduler.handle();
-            handle.replace_all(vec![ScheduleEntry {
-                monitor_id: 7,
-                cadence: Cadence::Every { seconds: 1 },
-                payload: Arc::new(()),
-            }]);
+            handle.replace_all(vec![every_second(7)]);
             let stop = CancellationToken::new();
             let run = tokio::spawn(scheduler.run(stop.clone()));
             Self {
                 handle,
+                clock,
                 fires,
                 stop,
                 run,
@@ -973,7 +1051,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn nothing_starts_while_the_gate_has_expired_until_it_is_renewed() {
         // A lease that ran out while the process was stopped: in the past, unchanged.
         let (lease, until) = watch::channel(Some(Instant::now()));
@@ -992,12 +1070,55 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_waiting_for_a_permit_when_the_gate_closes_is_counted_gated() {
+        let (lease, until) = watch::channel(Some(Instant::now() + Duration::from_secs(3600)));
+        // The first probe holds the only permit until the test lets it go.
+        let release = Arc::new(Semaphore::new(0));
+        let held = release.clone();
+        let scheduler = Scheduler::new(1, TaskTracker::new(), move |_fire: Fire<()>| {
+            let held = held.clone();
+            async move {
+                let _ = held.acquire().await;
+            }
+        })
+        .with_clock(TestClock::starting_at(START))
+        .with_gate(DispatchGate::new(until));
+        let handle = scheduler.handle();
+        // Both first slots fall within the next ten seconds, their second ones after.
+        handle.replace_all(
+            [1, 2]
+                .map(|monitor_id| ScheduleEntry {
+                    monitor_id,
+                    cadence: Cadence::Every { seconds: 10 },
+                    payload: Arc::new(()),
+                })
+                .into(),
+        );
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(scheduler.run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Fenced while the second slot waits for the permit: it must not start.
+        lease.send_replace(None);
+        release.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        stop.cancel();
+        run.await.unwrap();
+
+        let stats = handle.stats();
+        assert_eq!(stats.fired.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.skipped_gated.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.skipped_saturated.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_catch_up_replays_missed_slots_one_interval_apart_oldest_first() {
         let recording = Recording::start(None);
         let cadence = Cadence::Every { seconds: 1 };
-        let last_stored =
-            cadence.last_slot_at_or_before(7, Utc::now()).unwrap() - chrono::Duration::seconds(4);
+        let last_stored = cadence
+            .last_slot_at_or_before(7, recording.clock.now())
+            .unwrap()
+            - chrono::Duration::seconds(4);
         // Bounded to the three most recent missed slots.
         let bound = CatchUpBound {
             window: Duration::from_secs(60),
@@ -1025,5 +1146,28 @@ mod tests {
         // Not replayed twice: no slot appears both replayed and on time.
         let on_time: Vec<_> = fires.iter().filter(|(_, c)| !*c).map(|(s, _)| s).collect();
         assert!(replayed.iter().all(|s| !on_time.contains(&s)), "{fires:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backward_wall_clock_step_is_counted_and_slots_go_on_from_the_new_time() {
+        let recording = Recording::start(None);
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let before = recording.fires().len();
+        assert!(before >= 2, "{:?}", recording.fires());
+        recording.clock.step(-chrono::Duration::hours(1));
+        let stepped_at = recording.clock.now();
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let stats = recording.handle.stats();
+        let fires = recording.stop().await;
+
+        assert_eq!(stats.clock_steps.load(Ordering::Relaxed), 1);
+        // Re-planned from the new time: a slot every second again, not a pause of an
+        // hour until the old plan's next slot comes round.
+        let after: Vec<_> = fires[before..].iter().map(|(slot, _)| *slot).collect();
+        assert!((2..=3).contains(&after.len()), "{after:?}");
+        assert!(after.iter().all(|slot| *slot > stepped_at), "{after:?}");
+        for pair in after.windows(2) {
+            assert_eq!(pair[1] - pair[0], chrono::Duration::seconds(1), "{after:?}");
+        }
     }
 }

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
+use sqlx::migrate::MigrateError;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-use crate::embedded_postgres::EmbeddedPostgres;
-use crate::storage;
+use crate::embedded_postgres::{EmbeddedPostgres, EmbeddedPostgresError};
+use crate::storage::{self, DatabaseError};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -46,10 +46,33 @@ pub struct UpArgs {
 const SELF_MONITOR: &str = "quickstart-self-healthz";
 const REFRESH: Duration = Duration::from_secs(2);
 
-pub async fn execute(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let dir = args.dir.canonicalize()?;
+/// Why `vantage up` could not bring the system up (or down).
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("creating {0}")]
+    Dir(String, #[source] std::io::Error),
+    #[error("starting the private PostgreSQL (set DATABASE_URL to use your own, or run `docker compose up`)")]
+    StartDatabase(#[source] EmbeddedPostgresError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("applying database migrations")]
+    Migrate(#[source] MigrateError),
+    #[error("loading the example monitors")]
+    Seed(#[source] sqlx::Error),
+    #[error("starting instance {name}")]
+    Instance {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stopping the private PostgreSQL")]
+    StopDatabase(#[source] EmbeddedPostgresError),
+}
+
+pub async fn execute(args: UpArgs) -> Result<std::process::ExitCode, UpError> {
+    let dir = std::fs::create_dir_all(&args.dir)
+        .and_then(|()| args.dir.canonicalize())
+        .map_err(|err| UpError::Dir(args.dir.display().to_string(), err))?;
 
     let mut private_db = None;
     let database_url = match &args.database_url {
@@ -61,7 +84,7 @@ pub async fn execute(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
             );
             let db = EmbeddedPostgres::start_persistent(&dir.join("postgres"))
                 .await
-                .context("starting the private PostgreSQL (set DATABASE_URL to use your own, or run `docker compose up`)")?;
+                .map_err(UpError::StartDatabase)?;
             let url = db.url("vantage");
             private_db = Some(db);
             url
@@ -69,28 +92,26 @@ pub async fn execute(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     storage::ensure_database_exists(&database_url).await?;
     let pool = storage::connect(&database_url).await?;
-    storage::migrate(&pool).await?;
-    storage::seed_example(&pool).await?;
-    add_self_monitor(&pool, args.base_port).await?;
+    storage::migrate(&pool).await.map_err(UpError::Migrate)?;
+    storage::seed_example(&pool).await.map_err(UpError::Seed)?;
+    add_self_monitor(&pool, args.base_port)
+        .await
+        .map_err(UpError::Seed)?;
 
     let mut children = Vec::new();
     let mut port = args.base_port;
     for datacenter in &args.datacenters {
         for n in 1..=args.instances {
             let name = format!("{datacenter}-{n}");
-            children.push(spawn_instance(
-                &dir,
-                &database_url,
-                datacenter,
-                &name,
-                port,
-            )?);
+            let child = spawn_instance(&dir, &database_url, datacenter, &name, port)
+                .map_err(|source| UpError::Instance { name, source })?;
+            children.push(child);
             port += 1;
         }
     }
     print_connection_help(&database_url, &dir, &args);
 
-    let result = summarize_until_interrupted(&pool, &args.datacenters).await;
+    summarize_until_interrupted(&pool, &args.datacenters).await;
 
     println!("\nStopping {} instances ...", children.len());
     for child in &children {
@@ -113,9 +134,9 @@ pub async fn execute(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
             "Stopping the private PostgreSQL (data kept in {}) ...",
             dir.display()
         );
-        db.stop().await?;
+        db.stop().await.map_err(UpError::StopDatabase)?;
     }
-    result.map(|()| std::process::ExitCode::SUCCESS)
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn add_self_monitor(pool: &PgPool, port: u16) -> Result<(), sqlx::Error> {
@@ -143,7 +164,7 @@ fn spawn_instance(
     datacenter: &str,
     name: &str,
     port: u16,
-) -> anyhow::Result<Child> {
+) -> std::io::Result<Child> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
@@ -160,7 +181,6 @@ fn spawn_instance(
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting instance {name}"))
 }
 
 fn print_connection_help(database_url: &str, dir: &Path, args: &UpArgs) {
@@ -174,11 +194,11 @@ fn print_connection_help(database_url: &str, dir: &Path, args: &UpArgs) {
     println!("  e.g. SELECT * FROM api_heartbeats ORDER BY scheduled_at DESC LIMIT 10;\n");
 }
 
-async fn summarize_until_interrupted(pool: &PgPool, datacenters: &[String]) -> anyhow::Result<()> {
+async fn summarize_until_interrupted(pool: &PgPool, datacenters: &[String]) {
     let clear = std::io::stdout().is_terminal();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return,
             _ = tokio::time::sleep(REFRESH) => {}
         }
         match summary(pool, datacenters).await {

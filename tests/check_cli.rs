@@ -312,3 +312,130 @@ async fn thresholds_and_data_flags() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
+
+#[tokio::test]
+async fn tcp_tls_and_dns_targets_are_checked_by_their_scheme() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _echo = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut line = [0u8; 64];
+            let n = stream.read(&mut line).await.unwrap_or(0);
+            let answer = if &line[..n] == b"PING\r\n" {
+                "+PONG\r\n"
+            } else {
+                "-ERR\r\n"
+            };
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let target = format!("tcp://127.0.0.1:{port}");
+    let out = vantage(
+        &[
+            "check",
+            &target,
+            "--send",
+            "PING\\r\\n",
+            "--expect",
+            "+PONG",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("banner: \"+PONG\""),
+        "{}",
+        stdout(&out)
+    );
+    let out = vantage(
+        &["check", &target, "--send", "PONG\\n", "--expect", "+PONG"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("assertion_failed: reply: expected \"+PONG\""),
+        "{}",
+        stdout(&out)
+    );
+
+    let dns = DnsServer::builder()
+        .a("app.test", &[std::net::Ipv4Addr::new(192, 0, 2, 7)])
+        .start()
+        .await;
+    let target = format!("dns://app.test?type=A&server={}", dns.addr);
+    let out = vantage(&["check", "--json", &target, "--answer", "192.0.2.7"], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        json(&out)["details"]["answers"],
+        serde_json::json!(["192.0.2.7"])
+    );
+
+    let ca = TestCa::new();
+    let server = TestServer::https(server_config(&ca.leaf(&["127.0.0.1"]), &[])).await;
+    let target = format!("tls://127.0.0.1:{}", server.port());
+    let out = vantage(&["check", &target, "--insecure"], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("issuer: CN=Vantage Test CA"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A flag of another kind is a usage error that names it.
+    let out = vantage(&["check", &target, "--expect", "x"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("settings: unknown field `expect`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn assertions_on_the_command_line() {
+    let server = TestServer::http().await;
+    let url = server.url("/json/degraded");
+    let out = vantage(&["check", &url, "--assert", "json:$.count == 3"], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = vantage(
+        &["check", &url, "--assert", r#"json:$.status == "ok""#],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(r#"assertion_failed: $.status: expected "ok", got "degraded""#),
+        "{}",
+        stdout(&out)
+    );
+    let out = vantage(&["check", &url, "--assert", "jsn:$.a == 1"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("jsn:$.a == 1"), "{}", stderr(&out));
+}

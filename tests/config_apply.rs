@@ -7,7 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::cluster::{eventually, heartbeats, serve_target, Instance, InstanceOptions};
+use support::cluster::{heartbeats, serve_target, Instance, InstanceOptions};
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 struct Run {

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use support::cluster::{
-    agent_id_of, eventually, leader_first, seed_datacenters, seed_monitor, serve_target,
+    agent_id_of, leader_first, seed_datacenters, seed_monitor, serve_target,
     wait_for_leader_probing, Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const ROUNDS: usize = 5;
@@ -28,7 +29,7 @@ async fn first_probe_by(db: &TestDb, monitor: i32, agent: i64) -> DateTime<Utc> 
         "the new leader's first heartbeat",
         Duration::from_secs(30),
         || async {
-            sqlx::query_scalar(
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
             "SELECT min(executed_at) FROM api_heartbeats WHERE monitor_id = $1 AND agent_id = $2",
         )
         .bind(monitor)

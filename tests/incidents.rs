@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use support::cluster::{eventually, seed_datacenters, seed_monitor, Instance, InstanceOptions};
+use support::cluster::{seed_datacenters, seed_monitor, Instance, InstanceOptions};
 use support::dns::DnsServer;
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const DATACENTERS: [&str; 3] = ["va", "ny", "lon"];

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::cluster::{eventually, seed_datacenters, seed_monitor};
+use support::cluster::{seed_datacenters, seed_monitor};
+use support::eventually::eventually;
 use support::notify::{channel, open_incident, route, webhook_channel, Receiver};
 use support::pg::TestDb;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use support::cluster::{eventually, seed_datacenters, seed_monitor};
+use support::cluster::{seed_datacenters, seed_monitor};
+use support::eventually::eventually;
 use support::notify::{
     open_incident, outbox, resolve_incident, webhook_channel, Received, Receiver,
 };
@@ -36,7 +37,7 @@ fn config() -> NotifyConfig {
 struct Worker {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    elector: Elector,
+    election: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
 }
 
@@ -51,7 +52,7 @@ impl Worker {
         .id();
         let shutdown = CancellationToken::new();
         let options = db.url.parse().unwrap();
-        let elector = Elector::start(
+        let (elector, election) = Elector::spawn(
             ElectionConfig::new(options, LeadershipScope::Evaluator, agent_id),
             shutdown.clone(),
         );
@@ -66,7 +67,7 @@ impl Worker {
         Worker {
             shutdown,
             task,
-            elector,
+            election,
             metrics,
         }
     }
@@ -74,7 +75,7 @@ impl Worker {
     async fn stop(self) -> Arc<Metrics> {
         self.shutdown.cancel();
         self.task.await.unwrap();
-        self.elector.stopped().await;
+        self.election.await.unwrap();
         self.metrics
     }
 }

@@ -13,11 +13,11 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use proptest::prelude::*;
+use vantage::assertions::StatusSet;
 use vantage::check::{monitor_from_args, parse_byte_size, CheckArgs};
 use vantage::probe::dns::parse_dns_servers;
-use vantage::probe::http::StatusSet;
 use vantage::probe::redirect_policy::{is_public, AddressClass};
-use vantage::probe::{redact_query, HttpMonitor, HttpMonitorSpec, RedirectPolicy};
+use vantage::probe::{redact_query, Monitor, MonitorSpec, RedirectPolicy};
 use vantage::schedule::Cadence;
 
 const CASES: u32 = 256;
@@ -111,12 +111,12 @@ proptest! {
         name in any::<String>(),
         value in any::<String>(),
     ) {
-        let spec = HttpMonitorSpec {
+        let spec = MonitorSpec {
             url: "https://example.com/".into(),
             headers: vec![(name, value)],
-            ..HttpMonitorSpec::default()
+            ..MonitorSpec::default()
         };
-        if let Err(err) = HttpMonitor::new(spec) {
+        if let Err(err) = Monitor::new(spec) {
             prop_assert_eq!(err.field, "headers");
         }
     }
@@ -163,9 +163,9 @@ proptest! {
     ) {
         let with_token = format!("{text}?token={token}");
         for url in [text, with_token] {
-            let spec = HttpMonitorSpec { url, ..HttpMonitorSpec::default() };
-            let shown = match HttpMonitor::new(spec.clone()) {
-                Ok(monitor) => format!("{monitor:?} {} {spec:?}", monitor.redacted_url()),
+            let spec = MonitorSpec { url, ..MonitorSpec::default() };
+            let shown = match Monitor::new(spec.clone()) {
+                Ok(monitor) => format!("{monitor:?} {} {spec:?}", monitor.redacted_target()),
                 Err(err) => {
                     prop_assert_eq!(err.field, "url");
                     format!("{err} {spec:?}")
@@ -186,9 +186,9 @@ proptest! {
         let scheme = if https { "https" } else { "http" };
         let port = port.map(|p| format!(":{p}")).unwrap_or_default();
         let url = format!("{scheme}://{host}{port}{path}?{query}");
-        let monitor = HttpMonitor::new(HttpMonitorSpec { url: url.clone(), ..HttpMonitorSpec::default() }).unwrap();
-        prop_assert_eq!(monitor.url().query(), Some(query.as_str()));
-        let shown = monitor.redacted_url();
+        let monitor = Monitor::new(MonitorSpec { url: url.clone(), ..MonitorSpec::default() }).unwrap();
+        prop_assert_eq!(monitor.http_url().and_then(|u| u.query()), Some(query.as_str()));
+        let shown = monitor.redacted_target();
         prop_assert!(shown.ends_with("?…") && !shown.contains(&query), "{}", shown);
     }
 

@@ -10,7 +10,7 @@ use support::dns::DnsServer;
 use support::http::TestServer;
 use support::probe::{probe_with as probe, spec};
 use support::tls::{server_config, TestCa};
-use vantage::probe::{HttpMonitor, Prober};
+use vantage::probe::{Monitor, Prober};
 use vantage::{ErrorKind, ProbeStatus};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -68,7 +68,7 @@ async fn every_probe_performs_a_real_lookup() {
     let prober = prober_using(&dns);
     let mut s = spec(&server.url_with_host("http", "web.vantage.test", "/"));
     s.ip_family = "ipv4".into();
-    let monitor = HttpMonitor::new(s).unwrap();
+    let monitor = Monitor::new(s).unwrap();
     for expected in 1..=3 {
         let report = prober.probe(&monitor).await;
         assert_eq!(report.status, ProbeStatus::Up, "{report:?}");

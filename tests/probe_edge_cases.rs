@@ -26,8 +26,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PKCS_RSA
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use support::cluster::{eventually, seed_datacenters, Instance, InstanceOptions};
+use support::cluster::{seed_datacenters, Instance, InstanceOptions};
 use support::dns::DnsServer;
+use support::eventually::eventually;
 use support::http::TestServer;
 use support::pg::TestDb;
 use support::probe::{probe_with as probe, spec, H2_AND_H1};

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use support::http::{refused_addr, BlackHole, TestServer};
 use support::probe::{probe_with, spec};
-use vantage::probe::{HttpMonitor, HttpMonitorSpec, Prober};
+use vantage::probe::{Monitor, MonitorSpec, Prober};
 use vantage::{ErrorKind, ProbeReport, ProbeStatus};
 
 /// Slack for upper bounds on a busy 2-core machine running debug builds.
 const SLACK_MS: f64 = 60.0;
 
-async fn probe(spec: HttpMonitorSpec) -> ProbeReport {
+async fn probe(spec: MonitorSpec) -> ProbeReport {
     probe_with(&Prober::builder().build().unwrap(), spec).await
 }
 
@@ -69,7 +69,7 @@ async fn trickled_body_shows_in_transfer() {
 }
 
 /// Runs a probe that must hit its deadline, and checks it did not overrun.
-async fn probe_expecting_timeout(spec: HttpMonitorSpec) -> ProbeReport {
+async fn probe_expecting_timeout(spec: MonitorSpec) -> ProbeReport {
     let timeout_ms = spec.timeout.as_secs_f64() * 1000.0;
     let started = Instant::now();
     let report = probe(spec).await;
@@ -204,9 +204,11 @@ async fn oversized_body_fails_at_the_cap() {
     // A streamed body without Content-Length is cut off while reading.
     let trickle = TestServer::trickle(50, Duration::from_millis(1)).await;
     let prober = Prober::builder().build().unwrap();
-    let monitor = HttpMonitor::new(spec(&trickle.url("/")))
-        .unwrap()
-        .with_max_body_bytes(10);
+    let monitor = Monitor::new(MonitorSpec {
+        max_body_bytes: 10,
+        ..spec(&trickle.url("/"))
+    })
+    .unwrap();
     let report = prober.probe(&monitor).await;
     assert_eq!(
         report.error_kind,
@@ -311,7 +313,7 @@ async fn method_headers_and_body_reach_the_server() {
 async fn one_prober_serves_many_concurrent_probes() {
     let server = TestServer::http().await;
     let prober = std::sync::Arc::new(Prober::builder().build().unwrap());
-    let monitor = std::sync::Arc::new(HttpMonitor::new(spec(&server.url("/delay/50"))).unwrap());
+    let monitor = std::sync::Arc::new(Monitor::new(spec(&server.url("/delay/50"))).unwrap());
     let started = Instant::now();
     let tasks: Vec<_> = (0..20)
         .map(|_| {

@@ -6,9 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cluster::{
-    eventually, heartbeats, missed_slots, open_term, seed_datacenters, start_pair, Pair,
-};
+use support::cluster::{heartbeats, missed_slots, open_term, seed_datacenters, start_pair, Pair};
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);

@@ -7,9 +7,10 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    eventually, heartbeats, missed_slots, seed_datacenters, seed_monitor, serve_target,
+    heartbeats, missed_slots, seed_datacenters, seed_monitor, serve_target,
     wait_for_leader_probing, Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::DedicatedCluster;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);

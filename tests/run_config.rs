@@ -7,8 +7,9 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    eventually, heartbeats, seed_datacenters, seed_monitor, serve_target, Instance, InstanceOptions,
+    heartbeats, seed_datacenters, seed_monitor, serve_target, Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 fn start(db_url: &str) -> Instance {

@@ -16,10 +16,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, missed_slots, seed_datacenters,
-    seed_monitor, serve_target, Instance, InstanceOptions,
+    agent_id_of, current_leader, heartbeats, missed_slots, seed_datacenters, seed_monitor,
+    serve_target, Instance, InstanceOptions,
 };
 use support::disk::SmallDisk;
+use support::eventually::eventually;
 use support::pg::{DedicatedCluster, TestDb};
 
 const ONE_SECOND: Duration = Duration::from_secs(1);

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cluster::{current_leader, eventually, heartbeats, missed_slots, start_pair, Pair};
+use support::cluster::{current_leader, heartbeats, missed_slots, start_pair, Pair};
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);

@@ -7,10 +7,11 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, leader_first, missed_slots,
-    seed_datacenters, seed_monitor, serve_target, wait_for_beats_by, wait_for_leader_probing,
-    Instance, InstanceOptions,
+    agent_id_of, current_leader, heartbeats, leader_first, missed_slots, seed_datacenters,
+    seed_monitor, serve_target, wait_for_beats_by, wait_for_leader_probing, Instance,
+    InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
@@ -135,7 +136,7 @@ async fn sigkill_of_the_leader_hands_over_within_a_slot() {
     assert!(new_term > first_term, "each acquisition opens a new term");
 
     // Let the new leader run a few slots, then check the grid.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_beats_by(&db.pool, monitor, standby_agent, 3).await;
     let beats = heartbeats(&db.pool, monitor).await;
     let first_new = beats
         .iter()

@@ -7,9 +7,10 @@ mod support;
 use std::time::Duration;
 
 use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, missed_slots, seed_datacenters,
-    seed_monitor, serve_target, wait_for_beats_by, Instance, InstanceOptions,
+    agent_id_of, current_leader, heartbeats, missed_slots, seed_datacenters, seed_monitor,
+    serve_target, wait_for_beats_by, Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::{DedicatedCluster, TestDb};
 use support::proxy::PartitionProxy;
 
@@ -64,8 +65,23 @@ async fn a_postgres_restart_under_a_running_leader_loses_no_heartbeat() {
     assert!(new_term > first_term);
 
     // Five slots after the restart, everything measured during the outage has arrived.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let beats = heartbeats(&pool, monitor).await;
+    let beats = eventually(
+        "five heartbeats of the new term",
+        Duration::from_secs(20),
+        || async {
+            let beats = heartbeats(&pool, monitor).await;
+            let of_new_term = beats
+                .iter()
+                .filter(|b| b.leader_term == Some(new_term))
+                .count();
+            if of_new_term >= 5 {
+                Ok(beats)
+            } else {
+                Err(format!("{of_new_term} heartbeats of term {new_term}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(
         missed_slots(&beats, ONE_SECOND),
         vec![],

@@ -21,9 +21,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use support::cluster::{
-    agent_id_of, current_leader, eventually, heartbeats, seed_datacenters, seed_monitor,
-    serve_target_on, Instance, InstanceOptions,
+    agent_id_of, current_leader, heartbeats, seed_datacenters, seed_monitor, serve_target_on,
+    Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::DedicatedCluster;
 
 const FENCING: &str = "lost the leadership lock connection; fencing now";

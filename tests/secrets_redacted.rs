@@ -6,9 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::cluster::{
-    eventually, heartbeats, seed_datacenters, serve_target, Instance, InstanceOptions,
-};
+use support::cluster::{heartbeats, seed_datacenters, serve_target, Instance, InstanceOptions};
+use support::eventually::eventually;
 use support::pg::TestDb;
 
 const DB_PASSWORD: &str = "db-pa55word-never-logged";

@@ -18,8 +18,9 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection, PgPool};
 use support::cluster::{
-    eventually, heartbeats, seed_datacenters, seed_monitor, serve_target, Instance, InstanceOptions,
+    heartbeats, seed_datacenters, seed_monitor, serve_target, Instance, InstanceOptions,
 };
+use support::eventually::eventually;
 use support::pg::TestDb;
 use vantage::storage;
 

@@ -110,7 +110,7 @@ async fn bad_configuration_is_rejected_with_a_message_naming_the_column() {
     let cases: Vec<(String, &str)> = vec![
         (
             "INSERT INTO api_monitors (name, url, schedule_id) SELECT 'ftp', 'ftp://x', id FROM schedules LIMIT 1".into(),
-            r#"api_monitors.url must use http:// or https:// (got "ftp://x")"#,
+            r#"api_monitors.url must use http:// or https:// for an http monitor (got "ftp://x")"#,
         ),
         (monitor("method='FETCH'"), "api_monitors.method must be one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS (got \"FETCH\")"),
         (monitor("expected_status_codes='200-'"), "api_monitors.expected_status_codes must be a comma-separated list"),
@@ -154,7 +154,7 @@ async fn bad_configuration_is_rejected_with_a_message_naming_the_column() {
         ),
         (
             "UPDATE api_monitors SET url = 'example.com'".into(),
-            r#"api_monitors.url must use http:// or https:// (got "example.com")"#,
+            r#"api_monitors.url must use http:// or https:// for an http monitor (got "example.com")"#,
         ),
     ];
     for (sql, expected) in cases {

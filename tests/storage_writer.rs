@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::PgPool;
+use support::eventually::eventually;
 use support::pg::{count_heartbeats, heartbeat, DedicatedCluster, TestDb};
 use vantage::storage::{self, HeartbeatWriter, WriterConfig, WriterStats};
 use vantage::{ErrorKind, Heartbeat, ProbeStatus};
@@ -25,21 +26,16 @@ fn config(spool_dir: &std::path::Path) -> WriterConfig {
 
 /// Waits until `pool` holds `n` heartbeats (or panics after `within`).
 async fn wait_for_rows(pool: &PgPool, n: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    eventually(&format!("{n} stored rows"), within, || async {
         let count = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_heartbeats")
             .fetch_one(pool)
-            .await
-            .unwrap_or(-1);
-        if count == n {
-            return;
+            .await;
+        match count {
+            Ok(count) if count == n => Ok(()),
+            other => Err(other.map(|count| format!("{count} rows"))),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} rows, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn wait_until(
@@ -47,15 +43,15 @@ async fn wait_until(
     what: &str,
     cond: impl Fn(&storage::WriterSnapshot) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond(&stats.snapshot()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {:?}",
-            stats.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, Duration::from_secs(30), || async {
+        let snapshot = stats.snapshot();
+        if cond(&snapshot) {
+            Ok(())
+        } else {
+            Err(snapshot)
+        }
+    })
+    .await
 }
 
 fn slot(i: i64) -> DateTime<Utc> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vantage::embedded_postgres::EmbeddedPostgres;
 use vantage::leadership::{ElectionConfig, Elector, LeadershipScope};
@@ -60,7 +61,8 @@ pub async fn bench_database(name: &str) -> anyhow::Result<(Option<EmbeddedPostgr
 pub struct LedDatacenters {
     pub ids: Vec<i32>,
     pub agents: Vec<i64>,
-    pub electors: Vec<Elector>,
+    /// The electors' tasks; they resign once `shutdown` is cancelled.
+    pub electors: Vec<JoinHandle<()>>,
 }
 
 impl LedDatacenters {
@@ -88,10 +90,11 @@ impl LedDatacenters {
             .bind(dc)
             .fetch_one(pool)
             .await?;
-            led.electors.push(Elector::start(
+            let (_, election) = Elector::spawn(
                 ElectionConfig::new(options.clone(), LeadershipScope::Datacenter(dc), agent),
                 shutdown.clone(),
-            ));
+            );
+            led.electors.push(election);
             led.ids.push(dc);
             led.agents.push(agent);
         }
@@ -100,8 +103,8 @@ impl LedDatacenters {
 
     /// Resigns every datacenter's leadership (after `shutdown` was cancelled).
     pub async fn stopped(self) {
-        for elector in self.electors {
-            elector.stopped().await;
+        for election in self.electors {
+            let _ = election.await;
         }
     }
 }

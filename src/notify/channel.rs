@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::secret::{self, Redactor, Secret};
 use super::{email, pagerduty, slack, telegram, webhook};
-use crate::probe::{HttpMonitor, HttpMonitorSpec, Prober};
+use crate::probe::{Monitor, MonitorSpec, Prober};
 
 /// One message on its way to one channel.
 #[derive(Debug)]
@@ -223,7 +223,7 @@ pub async fn post_json(
 ) -> Result<Delivered, Failed> {
     let mut all_headers = vec![("Content-Type".to_string(), "application/json".to_string())];
     all_headers.extend(headers);
-    let spec = HttpMonitorSpec {
+    let spec = MonitorSpec {
         method: "POST".into(),
         url: url.to_string(),
         headers: all_headers,
@@ -232,10 +232,10 @@ pub async fn post_json(
         expected_status: "200-299".into(),
         follow_redirects: false,
         capture_body_bytes: Some(ERROR_BODY_BYTES),
-        ..HttpMonitorSpec::default()
+        ..MonitorSpec::default()
     };
     let request =
-        HttpMonitor::new(spec).map_err(|err| Failed::new(redactor.scrub(&err.to_string())))?;
+        Monitor::new(spec).map_err(|err| Failed::new(redactor.scrub(&err.to_string())))?;
     let report = transport.prober.probe(&request).await;
     let status_code = report.http_status.map(i32::from);
     if report.success() {

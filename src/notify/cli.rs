@@ -171,7 +171,7 @@ async fn deliver(datacenter: &str, url: &str, delivery: &NotifyArgs) -> anyhow::
         }
         signal.cancel();
     });
-    let elector = Elector::start(
+    let (elector, election) = Elector::spawn(
         ElectionConfig::new(options, LeadershipScope::Evaluator, agent_id),
         shutdown.clone(),
     );
@@ -183,7 +183,7 @@ async fn deliver(datacenter: &str, url: &str, delivery: &NotifyArgs) -> anyhow::
         shutdown.clone(),
     );
     let _ = worker.await;
-    elector.stopped().await;
+    let _ = election.await;
     pool.close().await;
     Ok(ExitCode::SUCCESS)
 }

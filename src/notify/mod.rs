@@ -115,14 +115,25 @@ pub struct NotifyArgs {
     pub notify_sweep_interval: Duration,
 }
 
+/// Why the delivery settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyConfigError {
+    #[error("VANTAGE_NOTIFY_CONCURRENCY must be at least 1")]
+    ZeroConcurrency,
+    /// The HTTP client (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
+    #[error("setting up the HTTP client of notifications")]
+    Prober(#[from] crate::probe::ProberError),
+}
+
 impl NotifyArgs {
     /// The configuration, with a prober set up from the environment
     /// (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
-    pub fn config(&self) -> anyhow::Result<NotifyConfig> {
+    pub fn config(&self) -> Result<NotifyConfig, NotifyConfigError> {
         if self.notify_concurrency == 0 {
-            anyhow::bail!("VANTAGE_NOTIFY_CONCURRENCY must be at least 1");
+            return Err(NotifyConfigError::ZeroConcurrency);
         }
-        let mut config = NotifyConfig::new(Arc::new(Prober::from_env()?));
+        let prober = Prober::from_env()?;
+        let mut config = NotifyConfig::new(Arc::new(prober));
         config.attempt_timeout = self.notify_attempt_timeout;
         config.backoff_base = self.notify_backoff_base;
         config.backoff_max = self.notify_backoff_max;

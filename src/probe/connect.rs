@@ -11,11 +11,29 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::observation::Observation;
+use super::timings::Phase;
 use super::Failure;
 use crate::probe::ErrorKind;
 
+/// [`connect`] as a probe's connect phase: timed, and the address that accepted
+/// recorded as the probe's `remote_ip`.
+pub(crate) async fn connect_timed(
+    addrs: &[IpAddr],
+    port: u16,
+    deadline: Instant,
+    seen: &mut Observation,
+) -> Result<TcpStream, Failure> {
+    seen.phase = Phase::Connect;
+    seen.timings.hop().connect_start = Some(std::time::Instant::now());
+    let (tcp, addr) = connect(addrs, port, deadline).await?;
+    seen.timings.hop().connected = Some(std::time::Instant::now());
+    seen.remote_ip = Some(addr.ip());
+    Ok(tcp)
+}
+
 /// Connects to the first address of `addrs` that accepts, with `TCP_NODELAY` set.
-pub(crate) async fn connect(
+async fn connect(
     addrs: &[IpAddr],
     port: u16,
     deadline: Instant,

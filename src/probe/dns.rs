@@ -12,12 +12,17 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 
-use super::{Failure, IpFamily};
+use rustls::pki_types::ServerName;
+use url::Host;
+
+use super::observation::Observation;
+use super::timings::Phase;
+use super::{Failure, IpFamily, Prober, ProberError};
 use crate::probe::ErrorKind;
 
 /// Builds the shared resolver: `servers` when given (ip:port), else the system
 /// configuration (`/etc/resolv.conf`).
-pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> anyhow::Result<TokioResolver> {
+pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> Result<TokioResolver, ProberError> {
     let mut builder = match servers {
         Some(servers) => {
             let name_servers = servers
@@ -35,9 +40,9 @@ pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> anyhow::Result<T
                 TokioRuntimeProvider::default(),
             )
         }
-        None => TokioResolver::builder_tokio().map_err(|err| {
-            anyhow::anyhow!("reading the system DNS configuration (/etc/resolv.conf): {err}; set VANTAGE_DNS_SERVERS")
-        })?,
+        None => {
+            TokioResolver::builder_tokio().map_err(|err| ProberError::SystemDns(err.to_string()))?
+        }
     };
     let opts = builder.options_mut();
     // The default caches 8,192 entries: later probes would measure ~35 µs cache hits.
@@ -46,7 +51,9 @@ pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> anyhow::Result<T
     // still bounds everything.
     opts.timeout = std::time::Duration::from_secs(2);
     opts.attempts = 2;
-    Ok(builder.build()?)
+    builder
+        .build()
+        .map_err(|err| ProberError::Resolver(err.to_string()))
 }
 
 /// Parses `VANTAGE_DNS_SERVERS`: a comma-separated list of `ip` or `ip:port`
@@ -67,6 +74,46 @@ pub fn parse_dns_servers(text: &str) -> Result<Vec<SocketAddr>, String> {
         return Err("no DNS server given".into());
     }
     Ok(out)
+}
+
+/// The addresses to connect to for `host`, and the name TLS verifies: an IP literal
+/// as it is (no DNS phase), a name looked up with the DNS phase timed.
+pub(crate) async fn resolve_host<S: AsRef<str>>(
+    prober: &Prober,
+    host: &Host<S>,
+    family: IpFamily,
+    seen: &mut Observation,
+) -> Result<(Vec<IpAddr>, ServerName<'static>), Failure> {
+    match host {
+        Host::Ipv4(ip) => Ok((
+            vec![IpAddr::V4(*ip)],
+            ServerName::IpAddress(IpAddr::V4(*ip).into()),
+        )),
+        Host::Ipv6(ip) => Ok((
+            vec![IpAddr::V6(*ip)],
+            ServerName::IpAddress(IpAddr::V6(*ip).into()),
+        )),
+        Host::Domain(name) => {
+            let name = name.as_ref();
+            let server_name = ServerName::try_from(name.trim_end_matches('.').to_string())
+                .map_err(|_| {
+                    Failure::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{name:?} is not a valid host name"),
+                    )
+                })?;
+            let fqdn = if name.ends_with('.') {
+                name.to_string()
+            } else {
+                format!("{name}.")
+            };
+            seen.phase = Phase::Dns;
+            seen.timings.hop().dns_start = Some(std::time::Instant::now());
+            let addrs = resolve(&prober.resolver, &fqdn, family).await?;
+            seen.timings.hop().dns_done = Some(std::time::Instant::now());
+            Ok((addrs, server_name))
+        }
+    }
 }
 
 /// Resolves `fqdn` (with its trailing dot) to the addresses to try, in order.

@@ -1,21 +1,31 @@
-//! The probe engine: one request over a fresh connection, every phase timed.
+//! The probe engine: one probe of one monitor over fresh connections, every phase
+//! timed, the answer judged.
 //!
 //! A [`Prober`] holds what probes share (one DNS resolver without a cache, the rustls
 //! configurations, extra CA roots); it is `Send + Sync` and meant to sit behind an
-//! `Arc` used by many tasks. Each protocol lives in its own file and only borrows
-//! those shared pieces: [`http`] is the HTTP(S) prober; a TCP prober would be one more
-//! file next to it reusing [`dns`], `connect` and `tls`.
+//! `Arc` used by many tasks. [`Prober::probe`] is the one seam every kind goes
+//! through: the kind's probe (in `kinds/`, one file per kind) runs under the monitor's
+//! deadline and fills in an `Observation`; then, in one place for all kinds, a
+//! timeout is named by the phase it hit, the monitor's assertions judge the answer
+//! and latency is graded.
 //!
-//! Steps are recorded as clock readings in a `Timings` value and converted to
-//! milliseconds once, when the [`ProbeReport`] is built. The module owns measuring; it
-//! knows nothing about schedules, heartbeats or storage.
+//! The steps the kinds share live in their own files: `dns` (the resolver),
+//! `connect` (TCP), `tls` (the handshake; `certificate` reads certificates), and
+//! `exchange` (one HTTP request and response). Steps are recorded as clock readings
+//! in a `Timings` value and converted to milliseconds once, when the [`ProbeReport`]
+//! is built. The module owns measuring; it knows nothing about schedules, heartbeats
+//! or storage.
 
 pub mod dns;
-pub mod http;
-
-mod connect;
-mod in_task;
 pub mod redirect_policy;
+
+mod certificate;
+mod connect;
+mod exchange;
+mod in_task;
+mod kinds;
+mod monitor;
+mod observation;
 mod report;
 mod timings;
 mod tls;
@@ -27,36 +37,35 @@ use std::path::{Path, PathBuf};
 use hickory_resolver::TokioResolver;
 use rustls::pki_types::CertificateDer;
 
-pub use http::{redact_query, HttpMonitor, HttpMonitorSpec, InvalidMonitor};
+use crate::assertions::Response;
+pub use exchange::MAX_RESPONSE_HEADERS;
+pub use monitor::{
+    redact_query, InvalidMonitor, IpFamily, Kind, Monitor, MonitorSpec, DEFAULT_MAX_BODY_BYTES,
+};
+use observation::Observation;
 pub use redirect_policy::RedirectPolicy;
 pub use report::{ErrorKind, ProbeReport, ProbeStatus};
 pub use timings::Phase;
 
-/// Which address family a monitor may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IpFamily {
-    /// IPv6 first, falling back to IPv4.
-    Any,
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IpFamily::Any => "any",
-            IpFamily::V4 => "ipv4",
-            IpFamily::V6 => "ipv6",
-        }
-    }
-
-    fn record_names(self) -> &'static str {
-        match self {
-            IpFamily::Any => "A or AAAA",
-            IpFamily::V4 => "A (IPv4)",
-            IpFamily::V6 => "AAAA (IPv6)",
-        }
-    }
+/// Why a [`Prober`] could not be built; each names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ProberError {
+    #[error("VANTAGE_DNS_SERVERS: {0}")]
+    DnsServers(String),
+    #[error(
+        "reading the system DNS configuration (/etc/resolv.conf): {0}; set VANTAGE_DNS_SERVERS"
+    )]
+    SystemDns(String),
+    #[error("building the DNS resolver: {0}")]
+    Resolver(String),
+    #[error("CA file {path}: {problem}")]
+    CaFile { path: PathBuf, problem: String },
+    #[error("extra CA certificate rejected: {0}")]
+    ExtraRoot(String),
+    #[error("the system random generator is not available")]
+    Random,
+    #[error("TLS configuration: {0}")]
+    Tls(String),
 }
 
 /// Why a probe step failed: becomes `error_kind` and `error_message`.
@@ -92,7 +101,7 @@ impl Prober {
     /// A prober configured from the environment: `VANTAGE_DNS_SERVERS` (comma list
     /// of `ip` or `ip:port`) replaces the system resolver configuration,
     /// `VANTAGE_CA_FILE` adds PEM roots to the compiled-in public ones.
-    pub fn from_env() -> anyhow::Result<Prober> {
+    pub fn from_env() -> Result<Prober, ProberError> {
         Self::builder().env()?.build()
     }
 
@@ -102,9 +111,48 @@ impl Prober {
 
     /// Probes `monitor` once. Never panics and never exceeds the monitor's timeout by
     /// more than timer granularity (about a millisecond); failures are in the report.
-    pub async fn probe(&self, monitor: &HttpMonitor) -> ProbeReport {
-        http::probe(self, monitor).await
+    pub async fn probe(&self, monitor: &Monitor) -> ProbeReport {
+        let mut seen = Observation::start_now();
+        let deadline = tokio::time::Instant::from_std(seen.timings.start) + monitor.timeout();
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            monitor.target.probe(self, monitor, &mut seen, deadline),
+        )
+        .await;
+        let end = std::time::Instant::now();
+        let total_ms = seen.timings.total_ms(end);
+        let verdict = outcome
+            .unwrap_or_else(|_| Err(seen.timeout_failure(monitor.timeout())))
+            .and_then(|()| judge(monitor, &seen, total_ms))
+            .map(|()| monitor.grade(total_ms));
+        let keep_body_bytes = monitor.target.keep_body_bytes();
+        seen.into_report(
+            verdict,
+            total_ms,
+            keep_body_bytes,
+            monitor.target.capture_headers(),
+        )
     }
+}
+
+/// The monitor's assertions on what the probe saw.
+fn judge(monitor: &Monitor, seen: &Observation, total_ms: f64) -> Result<(), Failure> {
+    if monitor.assertions().is_empty() {
+        return Ok(());
+    }
+    let response = Response {
+        status: seen.http_status,
+        headers: seen.headers.as_ref(),
+        body: seen.body.as_deref(),
+        total_ms,
+        ttfb_ms: seen.timings.phases().ttfb_ms,
+        cert_expires_at: seen.leaf().map(|leaf| leaf.not_after),
+        now: chrono::Utc::now(),
+    };
+    monitor
+        .assertions()
+        .check(&response)
+        .map_err(|failed| Failure::new(failed.kind, failed.message))
 }
 
 /// Builds a [`Prober`]; see [`Prober::builder`].
@@ -165,7 +213,7 @@ impl ProberBuilder {
     }
 
     /// Applies `VANTAGE_DNS_SERVERS` and `VANTAGE_CA_FILE` when set and not empty.
-    pub fn env(self) -> anyhow::Result<Self> {
+    pub fn env(self) -> Result<Self, ProberError> {
         let mut builder = self.dns_servers_from_env()?;
         if let Some(path) = non_empty_env("VANTAGE_CA_FILE") {
             builder = builder.ca_file(path);
@@ -174,16 +222,15 @@ impl ProberBuilder {
     }
 
     /// Applies `VANTAGE_DNS_SERVERS` (comma list of `ip` or `ip:port`) when set.
-    pub fn dns_servers_from_env(mut self) -> anyhow::Result<Self> {
+    pub fn dns_servers_from_env(mut self) -> Result<Self, ProberError> {
         if let Some(text) = non_empty_env("VANTAGE_DNS_SERVERS") {
-            let servers = dns::parse_dns_servers(&text)
-                .map_err(|err| anyhow::anyhow!("VANTAGE_DNS_SERVERS: {err}"))?;
+            let servers = dns::parse_dns_servers(&text).map_err(ProberError::DnsServers)?;
             self = self.dns_servers(servers);
         }
         Ok(self)
     }
 
-    pub fn build(self) -> anyhow::Result<Prober> {
+    pub fn build(self) -> Result<Prober, ProberError> {
         let mut roots = self.extra_roots;
         for path in &self.ca_files {
             roots.extend(tls::read_pem_roots(path)?);
@@ -209,6 +256,6 @@ mod tests {
     #[test]
     fn prober_is_shareable() {
         assert_send_sync::<Prober>();
-        assert_send_sync::<HttpMonitor>();
+        assert_send_sync::<Monitor>();
     }
 }

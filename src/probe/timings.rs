@@ -17,6 +17,8 @@ pub enum Phase {
     Head,
     /// Reading the response body.
     Body,
+    /// Reading what a TCP server says (its banner, or its reply to what was sent).
+    Reply,
 }
 
 impl Phase {
@@ -28,6 +30,7 @@ impl Phase {
             Phase::Tls => "the TLS handshake",
             Phase::Head => "the response head",
             Phase::Body => "the response body",
+            Phase::Reply => "the server's reply",
         }
     }
 }
@@ -40,6 +43,8 @@ pub struct Hop {
     pub dns_done: Option<Instant>,
     pub connect_start: Option<Instant>,
     pub connected: Option<Instant>,
+    /// When the TLS handshake started, if not right after connecting (STARTTLS).
+    pub tls_start: Option<Instant>,
     pub tls_done: Option<Instant>,
     /// The connection is ready for the request (after TCP, TLS and the HTTP handshake).
     pub ready: Option<Instant>,
@@ -105,7 +110,10 @@ impl Timings {
             dns_ms: sum(hops, |h| (h.dns_start, h.dns_done)),
             connect_ms: sum(hops, |h| (h.connect_start, h.connected)),
             tls_ms: sum(hops, |h| {
-                (h.connected.filter(|_| h.tls_done.is_some()), h.tls_done)
+                (
+                    h.tls_start.or(h.connected).filter(|_| h.tls_done.is_some()),
+                    h.tls_done,
+                )
             }),
             ttfb_ms: sum(hops, |h| (h.ready, h.head)),
             transfer_ms: sum(hops, |h| (h.head, h.body_done)),

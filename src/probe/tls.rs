@@ -18,7 +18,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -28,8 +28,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::certificate::{forward_handshake_signatures, LeafFacts};
+use super::observation::Observation;
+use super::timings::Phase;
 use super::verified_chains::RememberingVerifier;
-use super::Failure;
+use super::{Failure, ProberError};
 use crate::probe::ErrorKind;
 
 /// The shared TLS pieces of a [`super::Prober`].
@@ -46,35 +49,37 @@ impl TlsConfigs {
     pub(crate) fn new(
         extra_roots: &[CertificateDer<'static>],
         chain_cache_capacity: usize,
-    ) -> anyhow::Result<TlsConfigs> {
+    ) -> Result<TlsConfigs, ProberError> {
         let provider = Arc::new(probe_crypto_provider());
         // aws-lc seeds its random generator on first use, from CPU jitter: ~50 ms of CPU
         // once per process. Do it now, or the first probe's TLS phase would carry it.
-        aws_lc_rs::rand::fill(&mut [0u8; 1])
-            .map_err(|_| anyhow::anyhow!("the system random generator is not available"))?;
+        aws_lc_rs::rand::fill(&mut [0u8; 1]).map_err(|_| ProberError::Random)?;
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         for cert in extra_roots {
             roots
                 .add(cert.clone())
-                .map_err(|err| anyhow::anyhow!("extra CA certificate rejected: {err}"))?;
+                .map_err(|err| ProberError::ExtraRoot(err.to_string()))?;
         }
         let validating = Arc::new(RememberingVerifier::new(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()?,
+                .build()
+                .map_err(|err| ProberError::Tls(err.to_string()))?,
             chain_cache_capacity,
         ));
-        let base = |verifier: Arc<dyn ServerCertVerifier>| -> anyhow::Result<Arc<ClientConfig>> {
-            let mut config = ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            config.resumption = Resumption::disabled();
-            Ok(Arc::new(config))
-        };
+        let base =
+            |verifier: Arc<dyn ServerCertVerifier>| -> Result<Arc<ClientConfig>, ProberError> {
+                let mut config = ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|err| ProberError::Tls(err.to_string()))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                config.resumption = Resumption::disabled();
+                Ok(Arc::new(config))
+            };
         let verifying = base(validating.clone())?;
         let insecure = base(Arc::new(AcceptAnything(provider.clone())))?;
         Ok(TlsConfigs {
@@ -85,14 +90,14 @@ impl TlsConfigs {
         })
     }
 
-    /// Runs the handshake; `leaf_not_after` receives the leaf's expiry whenever the
+    /// Runs the handshake; `leaf` receives the leaf certificate's facts whenever the
     /// server presented a parseable certificate, whatever the outcome.
     pub(crate) async fn handshake(
         &self,
         tcp: TcpStream,
         server_name: ServerName<'static>,
         verify: bool,
-        leaf_not_after: &Arc<Mutex<Option<DateTime<Utc>>>>,
+        leaf: &Arc<Mutex<Option<LeafFacts>>>,
     ) -> Result<TlsStream<TcpStream>, Failure> {
         let base = if verify {
             &self.verifying
@@ -109,13 +114,29 @@ impl TlsConfigs {
             .dangerous()
             .set_certificate_verifier(Arc::new(RecordingVerifier {
                 inner,
-                leaf_not_after: leaf_not_after.clone(),
+                leaf: leaf.clone(),
             }));
         let host = format!("{server_name:?}");
         TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
             .map_err(|err| classify(&host, err))
+    }
+
+    /// [`TlsConfigs::handshake`] as a probe's TLS phase: timed, with the negotiated
+    /// version and the leaf certificate recorded.
+    pub(crate) async fn handshake_timed(
+        &self,
+        tcp: TcpStream,
+        server_name: ServerName<'static>,
+        verify: bool,
+        seen: &mut Observation,
+    ) -> Result<TlsStream<TcpStream>, Failure> {
+        seen.phase = Phase::Tls;
+        let stream = self.handshake(tcp, server_name, verify, &seen.leaf).await?;
+        seen.timings.hop().tls_done = Some(std::time::Instant::now());
+        seen.tls_version = version_name(&stream);
+        Ok(stream)
     }
 }
 
@@ -337,40 +358,11 @@ fn signature_algorithm(algorithm_id: &[u8]) -> String {
     }
 }
 
-/// The part of [`ServerCertVerifier`] that wrappers about certificates leave alone:
-/// checking the server's handshake signature, handed on to the verifier in `$inner`.
-macro_rules! forward_handshake_signatures {
-    ($inner:ident) => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.$inner.verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.$inner.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.$inner.supported_verify_schemes()
-        }
-    };
-}
-pub(crate) use forward_handshake_signatures;
-
-/// Records the leaf's not-after, then lets `inner` decide.
+/// Records the leaf's facts, then lets `inner` decide.
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<dyn ServerCertVerifier>,
-    leaf_not_after: Arc<Mutex<Option<DateTime<Utc>>>>,
+    leaf: Arc<Mutex<Option<LeafFacts>>>,
 }
 
 impl ServerCertVerifier for RecordingVerifier {
@@ -382,11 +374,8 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(not_after) = leaf_not_after(end_entity) {
-            *self
-                .leaf_not_after
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(not_after);
+        if let Some(facts) = LeafFacts::read(end_entity) {
+            *self.leaf.lock().unwrap_or_else(|e| e.into_inner()) = Some(facts);
         }
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
@@ -445,21 +434,6 @@ impl ServerCertVerifier for AcceptAnything {
     }
 }
 
-fn leaf_not_after(der: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(validity(der)?.1, 0)
-}
-
-/// A certificate's not-before and not-after, in Unix seconds; `None` when it does not
-/// parse.
-pub(crate) fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let validity = cert.validity();
-    Some((
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    ))
-}
-
 /// `TLSv1.3` / `TLSv1.2`, as reported.
 pub(crate) fn version_name(stream: &TlsStream<TcpStream>) -> Option<String> {
     let (_, conn) = stream.get_ref();
@@ -478,14 +452,21 @@ pub(crate) fn negotiated_h2(stream: &TlsStream<TcpStream>) -> bool {
 /// Reads PEM certificates from `path` for use as extra roots.
 pub(crate) fn read_pem_roots(
     path: &std::path::Path,
-) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+) -> Result<Vec<CertificateDer<'static>>, ProberError> {
     use rustls::pki_types::pem::PemObject;
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|err| anyhow::anyhow!("CA file {}: {err}", path.display()))?
+        .map_err(|err| ca_file(path, err))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| anyhow::anyhow!("CA file {}: {err}", path.display()))?;
+        .map_err(|err| ca_file(path, err))?;
     if certs.is_empty() {
-        anyhow::bail!("CA file {}: no PEM certificate found", path.display());
+        return Err(ca_file(path, "no PEM certificate found"));
     }
     Ok(certs)
+}
+
+fn ca_file(path: &std::path::Path, problem: impl std::fmt::Display) -> ProberError {
+    ProberError::CaFile {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
 }

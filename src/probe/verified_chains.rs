@@ -30,7 +30,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::tls::{forward_handshake_signatures, validity};
+use super::certificate::{forward_handshake_signatures, validity};
 
 /// How long an accepted chain is trusted without validating it again.
 pub(crate) const REVALIDATE_AFTER: Duration = Duration::from_secs(3600);

@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -31,23 +30,51 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("sql/migrations");
 /// How many days of partitions [`migrate`] creates ahead of today.
 pub const PARTITION_DAYS_AHEAD: u32 = 7;
 
+/// Why [`connect`] or [`ensure_database_exists`] failed. No message holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The parser's complaint, redacted.
+    #[error("DATABASE_URL is not a valid postgres:// URL: {0}")]
+    InvalidUrl(String),
+    /// `target` as [`describe_target`] gives it; `reason` redacted.
+    #[error(
+        "cannot connect to Postgres at {target}: {reason}; check that it is running and that \
+         DATABASE_URL is right"
+    )]
+    Unreachable { target: String, reason: String },
+    #[error("cannot create database {name:?}")]
+    Create {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("checking whether database {name:?} exists")]
+    Lookup {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn parse_url(url: &str) -> Result<PgConnectOptions, DatabaseError> {
+    url.parse()
+        .map_err(|err| DatabaseError::InvalidUrl(redact_error(&err)))
+}
+
+fn unreachable(options: &PgConnectOptions) -> impl FnOnce(sqlx::Error) -> DatabaseError + '_ {
+    move |err| DatabaseError::Unreachable {
+        target: describe_target(options),
+        reason: redact_error(&err),
+    }
+}
+
 /// Connects a pool to `url` (a `postgres://` URL). The error names the target without
 /// its password and says what to check.
-pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().map_err(|err| {
-        anyhow::anyhow!(
-            "DATABASE_URL is not a valid postgres:// URL: {}",
-            redact_error(&err)
-        )
-    })?;
-    let target = describe_target(&options);
-    connect_with(options).await.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot connect to Postgres at {target}: {}; check that it is running and that \
-             DATABASE_URL is right",
-            redact_error(&err)
-        )
-    })
+pub async fn connect(url: &str) -> Result<PgPool, DatabaseError> {
+    let options = parse_url(url)?;
+    connect_with(options.clone())
+        .await
+        .map_err(unreachable(&options))
 }
 
 /// Connects the main pool (the writer's, configuration, liveness) with Vantage's
@@ -242,36 +269,30 @@ pub async fn pending_migrations(pool: &PgPool) -> Result<usize, sqlx::Error> {
 
 /// Creates the database named in `url` when it does not exist yet, connecting to the
 /// server's `postgres` database to do so.
-pub async fn ensure_database_exists(url: &str) -> anyhow::Result<()> {
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|err| anyhow::anyhow!("not a valid postgres:// URL: {}", redact_error(&err)))?;
+pub async fn ensure_database_exists(url: &str) -> Result<(), DatabaseError> {
+    let options = parse_url(url)?;
     let name = options
         .get_database()
         .unwrap_or(options.get_username())
         .to_string();
     let admin = options.clone().database("postgres");
-    let mut conn = admin.connect().await.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot connect to Postgres at {}: {}",
-            describe_target(&admin),
-            redact_error(&err)
-        )
-    })?;
+    let mut conn = admin.connect().await.map_err(unreachable(&admin))?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
             .fetch_one(&mut conn)
-            .await?;
+            .await
+            .map_err(|source| DatabaseError::Lookup {
+                name: name.clone(),
+                source,
+            })?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match sqlx::raw_sql(&sql).execute(&mut conn).await {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another instance created it first.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
-            Err(err) => {
-                return Err(err).with_context(|| format!("cannot create database {name:?}"))
-            }
+            Err(source) => return Err(DatabaseError::Create { name, source }),
         }
     }
     conn.close().await.ok();

@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use super::eventually::eventually;
+
 /// One `vantage run` child process whose log lines the test can read.
 pub struct Instance {
     pub name: String,
@@ -241,24 +243,6 @@ pub async fn heartbeats(pool: &PgPool, monitor_id: i32) -> Vec<Beat> {
     .unwrap()
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The agent currently holding an open term in the datacenter, with the term.
 pub async fn current_leader(pool: &PgPool, datacenter_id: i32) -> Option<(i64, i64)> {
     let (agent, term) = open_term(pool, datacenter_id).await?;
@@ -346,8 +330,14 @@ pub async fn wait_for_leader_probing(
         &format!("a leader and {beats} heartbeats"),
         Duration::from_secs(30),
         || async {
-            let leader = current_leader(pool, datacenter_id).await?;
-            (heartbeats(pool, monitor_id).await.len() >= beats).then_some(leader)
+            let leader = current_leader(pool, datacenter_id).await;
+            let stored = heartbeats(pool, monitor_id).await.len();
+            match leader {
+                Some(leader) if stored >= beats => Ok(leader),
+                _ => Err(format!(
+                    "leader (agent, term) {leader:?}, {stored} heartbeats"
+                )),
+            }
         },
     )
     .await
@@ -378,7 +368,11 @@ pub async fn wait_for_beats_by(pool: &PgPool, monitor_id: i32, agent_id: i64, be
                 .iter()
                 .filter(|b| b.agent_id == Some(agent_id))
                 .count();
-            (by_agent >= beats).then_some(())
+            if by_agent >= beats {
+                Ok(())
+            } else {
+                Err(format!("{by_agent} heartbeats from agent {agent_id}"))
+            }
         },
     )
     .await

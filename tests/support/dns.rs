@@ -1,6 +1,7 @@
 //! A real UDP DNS responder on 127.0.0.1 (random port), hand-rolled so the wire
 //! format under test is exactly what we send: A answers for configured names
-//! (optionally after a delay), an empty NOERROR for AAAA, NXDOMAIN for unknown names,
+//! (optionally after a delay), MX and TXT records, an empty NOERROR for other types
+//! of a known name, NXDOMAIN for unknown names,
 //! and silence for names configured never to answer. It counts queries, so tests can
 //! prove every probe performs a real lookup.
 
@@ -16,6 +17,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 enum Answer {
     A(Vec<Ipv4Addr>, Duration),
+    /// Records of other types: (QTYPE, RDATA in wire format).
+    Records(Vec<(u16, Vec<u8>)>),
     Never,
 }
 
@@ -36,6 +39,45 @@ impl DnsBuilder {
     pub fn slow_a(mut self, name: &str, addrs: &[Ipv4Addr], delay: Duration) -> Self {
         self.names
             .insert(key(name), Answer::A(addrs.to_vec(), delay));
+        self
+    }
+
+    /// `name` answers MX queries with `(preference, exchange)` records.
+    pub fn mx(self, name: &str, records: &[(u16, &str)]) -> Self {
+        let rdata = records
+            .iter()
+            .map(|(preference, exchange)| {
+                let mut data = preference.to_be_bytes().to_vec();
+                data.extend(wire_name(exchange));
+                (15, data)
+            })
+            .collect();
+        self.records(name, rdata)
+    }
+
+    /// `name` answers TXT queries with one record per text.
+    pub fn txt(self, name: &str, texts: &[&str]) -> Self {
+        let rdata = texts
+            .iter()
+            .map(|text| {
+                let mut data = vec![text.len() as u8];
+                data.extend_from_slice(text.as_bytes());
+                (16, data)
+            })
+            .collect();
+        self.records(name, rdata)
+    }
+
+    /// Adds records of other types to `name`'s.
+    fn records(mut self, name: &str, rdata: Vec<(u16, Vec<u8>)>) -> Self {
+        match self
+            .names
+            .entry(key(name))
+            .or_insert(Answer::Records(Vec::new()))
+        {
+            Answer::Records(existing) => existing.extend(rdata),
+            other => *other = Answer::Records(rdata),
+        }
         self
     }
 
@@ -110,6 +152,17 @@ impl DnsServer {
     }
 }
 
+/// `name` as uncompressed DNS labels.
+fn wire_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
 fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -138,31 +191,44 @@ fn respond(query: &[u8], names: &HashMap<String, Answer>) -> Option<(Vec<u8>, Du
     }
     let name = labels.join(".");
 
-    let (rcode, addrs, delay) = match names.get(&name) {
+    let (rcode, records, delay) = match names.get(&name) {
         Some(Answer::Never) => return None,
-        Some(Answer::A(addrs, delay)) if qtype == 1 => (0u8, addrs.clone(), *delay),
+        Some(Answer::A(addrs, delay)) if qtype == 1 => (
+            0u8,
+            addrs.iter().map(|a| (1u16, a.octets().to_vec())).collect(),
+            *delay,
+        ),
+        Some(Answer::Records(records)) => (
+            0,
+            records
+                .iter()
+                .filter(|(t, _)| *t == qtype)
+                .cloned()
+                .collect(),
+            Duration::ZERO,
+        ),
         // Known name, other type (AAAA): NOERROR without answers.
         Some(Answer::A(_, delay)) => (0, Vec::new(), *delay),
         None => (3, Vec::new(), Duration::ZERO),
     };
 
-    let mut reply = Vec::with_capacity(question_end + addrs.len() * 16);
+    let mut reply = Vec::with_capacity(question_end + records.len() * 32);
     reply.extend_from_slice(&query[0..2]); // id
     let rd = query[2] & 0x01;
     reply.push(0x80 | 0x04 | rd); // QR, AA, RD copied
     reply.push(0x80 | rcode); // RA, RCODE
     reply.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
-    reply.extend_from_slice(&(addrs.len() as u16).to_be_bytes()); // ANCOUNT
+    reply.extend_from_slice(&(records.len() as u16).to_be_bytes()); // ANCOUNT
     reply.extend_from_slice(&0u16.to_be_bytes()); // NSCOUNT
     reply.extend_from_slice(&0u16.to_be_bytes()); // ARCOUNT
     reply.extend_from_slice(&query[12..question_end]);
-    for addr in addrs {
+    for (rtype, rdata) in records {
         reply.extend_from_slice(&[0xC0, 0x0C]); // pointer to the question name
-        reply.extend_from_slice(&1u16.to_be_bytes()); // TYPE A
+        reply.extend_from_slice(&rtype.to_be_bytes());
         reply.extend_from_slice(&1u16.to_be_bytes()); // CLASS IN
         reply.extend_from_slice(&30u32.to_be_bytes()); // TTL
-        reply.extend_from_slice(&4u16.to_be_bytes());
-        reply.extend_from_slice(&addr.octets());
+        reply.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        reply.extend_from_slice(&rdata);
     }
     Some((reply, delay))
 }

@@ -254,6 +254,22 @@ async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
                 redirect(&format!("/slow-redirect/{}", n - 1))
             }
         }
+        // An API health document, with the headers a CDN would add.
+        ["json", status] => {
+            let body = format!(
+                r#"{{"status": "{status}", "count": 3, "checks": [{{"name": "db", "ok": true}}, {{"name": "cache", "ok": {}}}]}}"#,
+                *status == "ok"
+            );
+            let mut response = text(StatusCode::OK, &body);
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                "application/json; charset=utf-8".parse().unwrap(),
+            );
+            headers.insert(http::header::SERVER, "vantage-test/1.0".parse().unwrap());
+            headers.append("x-cache", "HIT".parse().unwrap());
+            response
+        }
         ["loop", "a"] => redirect("/loop/b"),
         ["loop", "b"] => redirect("/loop/a"),
         ["echo"] => {

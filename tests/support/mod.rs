@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod disk;
 pub mod dns;
+pub mod eventually;
 pub mod http;
 pub mod notify;
 pub mod pg;

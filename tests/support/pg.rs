@@ -40,9 +40,7 @@ async fn shared() -> &'static Shared {
                     }
                 }
                 _ => {
-                    let cluster = EmbeddedPostgres::start_temporary()
-                        .await
-                        .unwrap_or_else(|err| panic!("cannot start a test PostgreSQL: {err:#}"));
+                    let cluster = start_cluster().await;
                     Shared {
                         admin_url: cluster.url("postgres"),
                         _cluster: Some(cluster),
@@ -51,6 +49,19 @@ async fn shared() -> &'static Shared {
             }
         })
         .await
+}
+
+/// A throwaway cluster; a failure panics with the whole chain of causes (the server
+/// log's tail is in it).
+async fn start_cluster() -> EmbeddedPostgres {
+    EmbeddedPostgres::start_temporary()
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot start a test PostgreSQL: {:#}",
+                anyhow::Error::from(err)
+            )
+        })
 }
 
 /// A database created for one test, migrated, with a pool on it.
@@ -141,9 +152,7 @@ pub struct DedicatedCluster {
 
 impl DedicatedCluster {
     pub async fn start() -> DedicatedCluster {
-        let pg = EmbeddedPostgres::start_temporary()
-            .await
-            .unwrap_or_else(|err| panic!("cannot start a test PostgreSQL: {err:#}"));
+        let pg = start_cluster().await;
         DedicatedCluster { pg }
     }
 

@@ -1,0 +1,96 @@
+//! Facts read from a server's certificate (validity, subject, issuer, names) and the
+//! part of a certificate verifier that wrappers share. A leaf module (it imports
+//! nothing else of the probe), so the TLS handshake and the verified-chain memory can
+//! both use it without importing each other.
+
+use chrono::{DateTime, Utc};
+use rustls::pki_types::CertificateDer;
+use serde_json::json;
+
+/// What a heartbeat reports about the server's leaf certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LeafFacts {
+    pub not_after: DateTime<Utc>,
+    pub subject: String,
+    pub issuer: String,
+    /// The DNS names of its subjectAltName extension.
+    pub dns_names: Vec<String>,
+}
+
+impl LeafFacts {
+    /// `None` when the certificate does not parse.
+    pub fn read(der: &CertificateDer<'_>) -> Option<LeafFacts> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let not_after = DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
+        let dns_names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(LeafFacts {
+            not_after,
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            dns_names,
+        })
+    }
+
+    /// The `details` of a `tls` heartbeat.
+    pub fn to_details(&self) -> serde_json::Value {
+        json!({
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "dns_names": self.dns_names,
+        })
+    }
+}
+
+/// A certificate's not-before and not-after, in Unix seconds; `None` when it does not
+/// parse.
+pub(crate) fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// The part of [`ServerCertVerifier`] that wrappers about certificates leave alone:
+/// checking the server's handshake signature, handed on to the verifier in `$inner`.
+macro_rules! forward_handshake_signatures {
+    ($inner:ident) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.$inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.$inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.$inner.supported_verify_schemes()
+        }
+    };
+}
+pub(crate) use forward_handshake_signatures;

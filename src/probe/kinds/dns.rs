@@ -1,0 +1,330 @@
+//! The `dns` kind: `dns://name?type=MX&server=192.0.2.53`. One query of one record
+//! type (A, AAAA, CNAME, MX, TXT, NS or SOA; A by default) to the system resolver, or
+//! to `server` (ip or ip:port) when given. The answers and the response code are
+//! stored in `details` (`{"rcode": "NOERROR", "answers": ["10 mx.example.com."]}`,
+//! the response code as dig prints it).
+//!
+//! By default a probe succeeds on NOERROR with at least one answer. The settings can
+//! ask for more: `answers` lists values that must all be among the answers (compared
+//! without case and trailing dots), `rcode: NXDOMAIN` expects the name not to exist.
+//!
+//! Phases: `dns_ms` the query (with the resolver's retries); no other phase happens.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::TokioResolver;
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::settings_of;
+use crate::probe::dns::{build_resolver, parse_dns_servers};
+use crate::probe::monitor::{invalid, MonitorSpec};
+use crate::probe::observation::Observation;
+use crate::probe::timings::Phase;
+use crate::probe::{ErrorKind, Failure, InvalidMonitor, Prober};
+
+const TYPES: [RecordType; 7] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::CNAME,
+    RecordType::MX,
+    RecordType::TXT,
+    RecordType::NS,
+    RecordType::SOA,
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsSettings {
+    answers: Option<Vec<String>>,
+    rcode: Option<String>,
+}
+
+/// The response code a monitor expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    /// NOERROR with at least one answer.
+    Answers,
+    /// The name does not exist.
+    NxDomain,
+}
+
+/// A validated `dns` target.
+#[derive(Clone)]
+pub(crate) struct DnsTarget {
+    url: Url,
+    fqdn: String,
+    record_type: RecordType,
+    /// A resolver of its own when the monitor names a server; else the prober's.
+    server: Option<(SocketAddr, TokioResolver)>,
+    answers: Vec<String>,
+    expected: Expected,
+}
+
+impl fmt::Debug for DnsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsTarget")
+            .field("fqdn", &self.fqdn)
+            .field("type", &self.record_type)
+            .field("server", &self.server.as_ref().map(|(addr, _)| addr))
+            .field("answers", &self.answers)
+            .field("expected", &self.expected)
+            .finish()
+    }
+}
+
+impl DnsTarget {
+    pub(crate) fn new(spec: &MonitorSpec) -> Result<DnsTarget, InvalidMonitor> {
+        let example = "write e.g. dns://example.com?type=MX&server=192.0.2.53";
+        let url = Url::parse(spec.url.trim()).map_err(|err| {
+            invalid(
+                "url",
+                format!("{:?} is not a valid URL: {err}; {example}", spec.url),
+            )
+        })?;
+        let name = url
+            .host_str()
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| invalid("url", format!("{} names no domain; {example}", url)))?;
+        if !matches!(url.path(), "" | "/") {
+            return Err(invalid(
+                "url",
+                format!("{url} has a path; the name goes where the host does: {example}"),
+            ));
+        }
+        let fqdn = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        let mut record_type = RecordType::A;
+        let mut server = None;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "type" => {
+                    let wanted = value.to_ascii_uppercase();
+                    record_type = TYPES
+                        .into_iter()
+                        .find(|t| t.to_string() == wanted)
+                        .ok_or_else(|| {
+                            invalid(
+                                "url",
+                                format!("type={value} is not supported; use A, AAAA, CNAME, MX, TXT, NS or SOA"),
+                            )
+                        })?;
+                }
+                "server" => {
+                    let addr = parse_dns_servers(&value)
+                        .map_err(|err| invalid("url", format!("server={value}: {err}")))?;
+                    if addr.len() != 1 {
+                        return Err(invalid("url", "give one server=ip[:port]"));
+                    }
+                    let resolver = build_resolver(Some(&addr))
+                        .map_err(|err| invalid("url", format!("server={value}: {err}")))?;
+                    server = Some((addr[0], resolver));
+                }
+                other => {
+                    return Err(invalid(
+                        "url",
+                        format!("unknown parameter {other:?}; use type= and server="),
+                    ))
+                }
+            }
+        }
+        let settings: DnsSettings = settings_of(spec)?;
+        let expected = match settings
+            .rcode
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("NOERROR") => Expected::Answers,
+            Some("NXDOMAIN") => Expected::NxDomain,
+            Some(other) => {
+                return Err(invalid(
+                    "settings",
+                    format!("rcode {other:?} cannot be expected; use NOERROR or NXDOMAIN"),
+                ))
+            }
+        };
+        let answers = settings.answers.unwrap_or_default();
+        if expected == Expected::NxDomain && !answers.is_empty() {
+            return Err(invalid(
+                "settings",
+                "answers and rcode NXDOMAIN contradict each other; keep one",
+            ));
+        }
+        Ok(DnsTarget {
+            url,
+            fqdn,
+            record_type,
+            server,
+            answers,
+            expected,
+        })
+    }
+
+    pub(crate) fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+pub(crate) async fn probe(
+    prober: &Prober,
+    dns: &DnsTarget,
+    seen: &mut Observation,
+) -> Result<(), Failure> {
+    let resolver = match &dns.server {
+        Some((addr, resolver)) => {
+            seen.remote_ip = Some(addr.ip());
+            resolver
+        }
+        None => &prober.resolver,
+    };
+    let name = dns.fqdn.trim_end_matches('.');
+    seen.phase = Phase::Dns;
+    seen.timings.hop().dns_start = Some(std::time::Instant::now());
+    let result = resolver.lookup(dns.fqdn.as_str(), dns.record_type).await;
+    seen.timings.hop().dns_done = Some(std::time::Instant::now());
+    let (rcode, answers) = match result {
+        Ok(lookup) => (
+            ResponseCode::NoError,
+            lookup
+                .answers()
+                .iter()
+                .filter(|record| record.record_type() == dns.record_type)
+                .map(|record| record.data.to_string())
+                .collect::<Vec<_>>(),
+        ),
+        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. }))) => {
+            (response_code, Vec::new())
+        }
+        Err(NetError::Dns(DnsError::ResponseCode(code))) => (code, Vec::new()),
+        Err(NetError::Timeout) => {
+            return Err(Failure::new(
+                ErrorKind::DnsTimeout,
+                format!("{name}: no DNS server answered in time"),
+            ))
+        }
+        Err(err) => {
+            return Err(Failure::new(
+                ErrorKind::DnsError,
+                format!("{name}: DNS query failed: {err}"),
+            ))
+        }
+    };
+    seen.details = Some(json!({ "rcode": mnemonic(rcode), "answers": answers }));
+    judge(dns, name, rcode, &answers)
+}
+
+fn judge(
+    dns: &DnsTarget,
+    name: &str,
+    rcode: ResponseCode,
+    answers: &[String],
+) -> Result<(), Failure> {
+    let rtype = dns.record_type;
+    match (dns.expected, rcode) {
+        (Expected::NxDomain, ResponseCode::NXDomain) => Ok(()),
+        (Expected::NxDomain, _) => Err(Failure::new(
+            ErrorKind::AssertionFailed,
+            format!(
+                "rcode: expected NXDOMAIN, got {} with {} {rtype} answer(s)",
+                mnemonic(rcode),
+                answers.len()
+            ),
+        )),
+        (Expected::Answers, ResponseCode::NXDomain) => Err(Failure::new(
+            ErrorKind::DnsNxdomain,
+            format!("{name}: no such domain (NXDOMAIN)"),
+        )),
+        (Expected::Answers, ResponseCode::NoError) if answers.is_empty() => Err(Failure::new(
+            ErrorKind::DnsNxdomain,
+            format!("{name}: no {rtype} records"),
+        )),
+        (Expected::Answers, ResponseCode::NoError) => {
+            let normal = |text: &str| text.trim_end_matches('.').to_ascii_lowercase();
+            let seen: Vec<String> = answers.iter().map(|a| normal(a)).collect();
+            let missing: Vec<&String> = dns
+                .answers
+                .iter()
+                .filter(|wanted| !seen.contains(&normal(wanted)))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    ErrorKind::AssertionFailed,
+                    format!(
+                        "answers: expected {missing:?} among the {rtype} answers, got {answers:?}"
+                    ),
+                ))
+            }
+        }
+        (Expected::Answers, other) => Err(Failure::new(
+            ErrorKind::DnsError,
+            format!("{name}: the server answered {}", mnemonic(other)),
+        )),
+    }
+}
+
+/// The response code as dig prints it (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...).
+fn mnemonic(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Kind;
+
+    fn spec(url: &str, settings: serde_json::Value) -> MonitorSpec {
+        MonitorSpec {
+            kind: Kind::Dns,
+            url: url.into(),
+            settings,
+            ..MonitorSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn targets_are_validated_with_a_fix() {
+        let ok = DnsTarget::new(&spec(
+            "dns://example.com?type=mx&server=127.0.0.1:5353",
+            json!({"answers": ["10 mx.example.com"]}),
+        ))
+        .unwrap();
+        assert_eq!(ok.record_type, RecordType::MX);
+        assert_eq!(ok.fqdn, "example.com.");
+        assert_eq!(ok.server.as_ref().map(|(a, _)| a.port()), Some(5353));
+        let err = DnsTarget::new(&spec("dns://example.com?type=PTR", json!({}))).unwrap_err();
+        assert!(
+            err.to_string().contains("type=PTR is not supported"),
+            "{err}"
+        );
+        let err = DnsTarget::new(&spec("dns://example.com?srv=1.1.1.1", json!({}))).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown parameter \"srv\""),
+            "{err}"
+        );
+        let err =
+            DnsTarget::new(&spec("dns://example.com", json!({"rcode": "SERVFAIL"}))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "settings: rcode \"SERVFAIL\" cannot be expected; use NOERROR or NXDOMAIN"
+        );
+    }
+}
