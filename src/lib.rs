@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod assertions;
 pub mod cli;
+pub mod config_as_code;
 pub mod embedded_postgres;
 pub mod heartbeat;
 pub mod housekeeping;

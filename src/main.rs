@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vantage::cli::{self, check, incidents, migrate, notify, run, seed_example, up};
+use vantage::cli::{self, check, config, incidents, migrate, notify, run, seed_example, up};
 use vantage::telemetry::{self, LogFormat};
 
 /// mimalloc instead of glibc's malloc: a probe makes hundreds of short-lived
@@ -55,6 +55,14 @@ enum Command {
     /// Notification channels: send a test message, make a webhook secret.
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// Make the configuration match YAML files (one transaction; --prune deletes what left them).
+    Apply(config::ApplyArgs),
+    /// What `apply` would change; exit 1 when something would.
+    Diff(config::FilesArgs),
+    /// The configuration as YAML that `apply` accepts (--schema: its JSON Schema).
+    Export(config::ExportArgs),
+    /// Monitors by name: `list` with their latest status, `pause`, `resume`.
+    Monitors(config::MonitorsArgs),
 }
 
 impl Command {
@@ -66,7 +74,11 @@ impl Command {
             | Command::Up(_)
             | Command::Incidents(_)
             | Command::Maintenance(_)
-            | Command::Notifications(_) => "warn",
+            | Command::Notifications(_)
+            | Command::Apply(_)
+            | Command::Diff(_)
+            | Command::Export(_)
+            | Command::Monitors(_) => "warn",
             Command::Run(_)
             | Command::Migrate(_)
             | Command::SeedExample(_)
@@ -89,6 +101,10 @@ async fn main() -> ExitCode {
         Command::Maintenance(args) => incidents::maintenance(args).await,
         Command::Notifications(args) => notify::notifications(args).await,
         Command::Notify(command) => notify::notify(command).await,
+        Command::Apply(args) => config::apply(args).await,
+        Command::Diff(args) => config::diff(args).await,
+        Command::Export(args) => config::export(args).await,
+        Command::Monitors(args) => config::monitors(args).await,
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

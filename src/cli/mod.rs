@@ -6,6 +6,7 @@
 //! holds no logic the running system needs.
 
 pub mod check;
+pub mod config;
 pub mod incidents;
 pub mod migrate;
 pub mod notify;
