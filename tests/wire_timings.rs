@@ -2,8 +2,9 @@
 //!
 //! Builds the scene of `support::wire` (two network namespaces, a 20 ms round trip,
 //! DNS/HTTP/HTTPS servers, tcpdump on the client interface), probes the HTTP and the
-//! HTTPS target with the library's `Prober` from the client namespace, idle and then
-//! with a busy loop on every core but one, and compares each stored phase with the
+//! HTTPS target with the library's `Prober` from the client namespace (and with
+//! `vantage check`, a fresh process per probe), idle and then with a busy loop on every
+//! core but one, and compares each stored phase with the
 //! same span on the wire. Prints the distribution of `stored − wire` per phase and
 //! asserts bounds on it.
 //!
@@ -15,15 +16,14 @@ mod support;
 
 use support::wire::{measure, skip_reason, spreads, CpuHogs, Lab, Results, TABLE_HEAD};
 
-/// What the test accepts for each phase's `stored − wire` (ms): the median within
-/// ±`MEDIAN`, the 90th percentile at most `P90`, the 10th at least `-P90`.
-///
-/// Phase 1 of #14: loose bounds that hold for the probe code as it is, on a shared
-/// 2-vCPU host with a load average above 10 and an unoptimised test build (DNS is the
-/// widest: the resolver's own work before the query leaves is counted), so the
-/// distribution is visible in CI before the timings are tightened.
-const MEDIAN: f64 = 20.0;
-const P90: f64 = 100.0;
+/// What the test accepts for each phase's `stored − wire` (ms), for the in-process
+/// `Prober` and for `vantage check` in a fresh process: the goal of #14, the median
+/// within ±`MEDIAN` and the 90th percentile at most `P90` (and the 10th at least
+/// `-P90`), idle and busy. Measured: within ±0.06 ms, on a shared 2-vCPU host with a
+/// load average above 10, in the unoptimised test build (BENCHMARKS.md, "Wire
+/// accuracy (#14)").
+const MEDIAN: f64 = 0.3;
+const P90: f64 = 1.0;
 
 #[test]
 fn stored_phases_match_the_wire_idle_and_busy() {
@@ -54,15 +54,19 @@ fn check(label: &str, results: &Results, runs: usize) {
             &results.vantage_https,
             &["dns", "connect", "tls", "ttfb"][..],
         ),
+        (&results.check_http, &["dns", "connect", "ttfb"][..]),
+        (&results.check_https, &["dns", "connect", "tls", "ttfb"][..]),
     ] {
         for (name, spread) in spreads(pairs) {
             if !phases.contains(&name) {
                 continue;
             }
             let s = spread.unwrap_or_else(|| panic!("{label}: no {name} on the wire"));
-            assert_eq!(
-                s.n, runs,
-                "{label}: {name} found on the wire for {} of {runs} probes",
+            // A packet the capture missed is not the prober's fault; a phase missing
+            // from most probes is.
+            assert!(
+                s.n * 10 >= runs * 9,
+                "{label}: {name} found on the wire for only {} of {runs} probes",
                 s.n
             );
             assert!(

@@ -246,6 +246,34 @@ impl Lab {
         }
     }
 
+    /// `vantage check --json` in a fresh process in the client namespace (DNS from the
+    /// namespace's resolv.conf, as a deployment reads it).
+    pub fn check(&self, url: &str) -> Phases {
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client_ns,
+                env!("CARGO_BIN_EXE_vantage"),
+            ])
+            .args(["check", "--json", "--ca-file"])
+            .arg(self.ca_file.path())
+            .arg(url)
+            .env_remove("VANTAGE_DNS_SERVERS")
+            .output()
+            .expect("run vantage check");
+        assert!(output.status.success(), "vantage check {url}: {output:?}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("vantage check's JSON");
+        let ms = |key: &str| report[key].as_f64();
+        Phases {
+            dns: ms("dns_ms"),
+            connect: ms("connect_ms"),
+            tls: ms("tls_ms"),
+            ttfb: ms("ttfb_ms"),
+        }
+    }
+
     fn delete_namespaces(&self) {
         for ns in [&self.client_ns, &self.server_ns] {
             let _ = Command::new("ip")
@@ -484,6 +512,9 @@ pub fn wire_phases(packets: &[Packet], https: bool) -> Phases {
 pub struct Results {
     pub vantage_http: Vec<(Phases, Phases)>,
     pub vantage_https: Vec<(Phases, Phases)>,
+    /// `vantage check`, a fresh process per probe.
+    pub check_http: Vec<(Phases, Phases)>,
+    pub check_https: Vec<(Phases, Phases)>,
     pub curl_http: Vec<(Phases, Phases)>,
     pub curl_https: Vec<(Phases, Phases)>,
 }
@@ -500,6 +531,8 @@ impl Results {
         for (what, pairs) in [
             ("vantage http", &self.vantage_http),
             ("vantage https", &self.vantage_https),
+            ("vantage check http", &self.check_http),
+            ("vantage check https", &self.check_https),
             ("curl http", &self.curl_http),
             ("curl https", &self.curl_https),
         ] {
@@ -511,7 +544,9 @@ impl Results {
 
 /// Probes the lab's HTTP and HTTPS targets `runs` times each with a vantage `Prober`
 /// (in the client namespace, one unmeasured warm-up per target first), then as many
-/// times with curl, alternating targets, and pairs every probe with its wire phases.
+/// times with `vantage check` (fresh processes, no warm-up: first-use costs must stay
+/// outside the phases) and with curl, alternating targets, and pairs every probe with
+/// its wire phases.
 pub fn measure(lab: &Lab, runs: usize) -> Results {
     type Timed = (bool, f64, f64, Phases);
     let capture = lab.capture();
@@ -565,15 +600,20 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
             out
         })
     });
-    let mut curls: Vec<Timed> = Vec::new();
-    for _ in 0..runs {
-        for (https, url) in [(false, lab.http_url()), (true, lab.https_url())] {
-            let from = unix_now();
-            let times = lab.curl(&url);
-            curls.push((https, from, unix_now(), times));
-            std::thread::sleep(Duration::from_millis(30));
+    let external = |tool: &dyn Fn(&str) -> Phases| {
+        let mut timed: Vec<Timed> = Vec::new();
+        for _ in 0..runs {
+            for (https, url) in [(false, lab.http_url()), (true, lab.https_url())] {
+                let from = unix_now();
+                let phases = tool(&url);
+                timed.push((https, from, unix_now(), phases));
+                std::thread::sleep(Duration::from_millis(30));
+            }
         }
-    }
+        timed
+    };
+    let checks = external(&|url| lab.check(url));
+    let curls = external(&|url| lab.curl(url));
     let packets = capture.finish(lab.client_ip);
     let pair = |timed: &[Timed], https: bool| -> Vec<(Phases, Phases)> {
         timed
@@ -587,6 +627,8 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
     Results {
         vantage_http: pair(&probes, false),
         vantage_https: pair(&probes, true),
+        check_http: pair(&checks, false),
+        check_https: pair(&checks, true),
         curl_http: pair(&curls, false),
         curl_https: pair(&curls, true),
     }
