@@ -3,12 +3,13 @@
 //!
 //! A lookup first asks the first configured server itself (`dns_query`: our own UDP
 //! socket, kernel stamps, one query per record type, sent back to back), so `dns_ms`
-//! is the first query leaving → the last answer arriving. Everything that exchange
-//! does not settle goes to one shared hickory resolver without a cache (every probe
-//! measures a real lookup), configured from the same servers: a truncated answer (it
-//! retries over TCP), a server failure (SERVFAIL, REFUSED: the next server), silence
-//! for [`SERVER_TIMEOUT`] (its own attempts and the other servers). Then the phase
-//! spans both attempts, on the probe's clock. Names are FQDNs (trailing dot), so
+//! is the first query leaving → the last answer arriving. The rest goes to one shared
+//! hickory resolver without a cache (every probe measures a real lookup), configured
+//! from the same servers: `localhost` and names in `/etc/hosts` (no server is asked),
+//! and what the exchange does not settle: a truncated answer (it retries over TCP), a
+//! server failure (SERVFAIL, REFUSED: the next server), silence for
+//! [`SERVER_TIMEOUT`] (its own attempts and the other servers); then the phase spans
+//! both attempts, on the probe's clock. Names are FQDNs (trailing dot), so
 //! search domains and `ndots` never apply, with or without the resolver.
 //!
 //! The resolver's own `ip_strategy` is resolver-wide, but the family is a per-monitor
@@ -22,9 +23,9 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::op::{Message, ResponseCode};
+use hickory_resolver::proto::op::{Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{Hosts, TokioResolver};
 
 use rustls::pki_types::ServerName;
 use url::Host;
@@ -43,6 +44,8 @@ pub(crate) struct Resolver {
     /// The first configured server's UDP address, asked directly; `None`: every lookup
     /// goes through `resolver`.
     first_server: Option<SocketAddr>,
+    /// `/etc/hosts`, as the resolver read it: names it answers without a server.
+    hosts: Hosts,
 }
 
 impl Resolver {
@@ -56,6 +59,7 @@ impl Resolver {
         Ok(Resolver {
             resolver: build_resolver(servers)?,
             first_server,
+            hosts: Hosts::from_system().unwrap_or_default(),
         })
     }
 
@@ -229,6 +233,15 @@ async fn ask_first_server(
 ) -> Option<(Vec<Result<Vec<IpAddr>, Failure>>, Instant, Instant)> {
     let server = resolver.first_server?;
     let name = Name::from_ascii(fqdn).ok()?;
+    // Names the resolver answers itself (RFC 6761's localhost, /etc/hosts) have no
+    // wire to time, and a server must not be asked about them.
+    let static_host = types.iter().any(|&record_type| {
+        let query = Query::query(name.clone(), record_type);
+        resolver.hosts.lookup_static_host(&query).is_some()
+    });
+    if name.is_localhost() || static_host {
+        return None;
+    }
     let exchange = dns_query::exchange(server, &name, types, SERVER_TIMEOUT).await?;
     let results = exchange
         .answers

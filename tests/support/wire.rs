@@ -217,7 +217,7 @@ impl Lab {
     }
 
     /// `curl` run from the client namespace, `-w` timers as JSON (cumulative seconds).
-    pub fn curl(&self, url: &str) -> CurlTimes {
+    pub fn curl(&self, url: &str) -> Phases {
         let output = Command::new("ip")
             .args(["netns", "exec", &self.client_ns, "curl", "-s", "-o", "/dev/null"])
             .arg("--cacert")
@@ -298,9 +298,6 @@ impl Drop for Lab {
         self.delete_namespaces();
     }
 }
-
-/// curl's phases, as the lab reads them (ms).
-pub type CurlTimes = Phases;
 
 /// The measured phases of one probe (ms); `None`: the phase did not happen.
 #[derive(Debug, Clone, Copy, Default)]
@@ -520,11 +517,6 @@ pub struct Results {
 }
 
 impl Results {
-    /// Every vantage probe, both targets.
-    pub fn vantage(&self) -> Vec<(Phases, Phases)> {
-        [&self.vantage_http[..], &self.vantage_https[..]].concat()
-    }
-
     /// The table of `stored − wire` (markdown), `label` naming the run.
     pub fn table(&self, label: &str) -> String {
         let mut out = String::new();
