@@ -16,6 +16,8 @@
 set -euo pipefail
 RUNS=${1:-30}
 cd "$(dirname "$0")/.."
+# Where cargo puts the release build (CARGO_TARGET_DIR when set, as on shared machines).
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 if [ "${VANTAGE_BENCH_INNER:-}" != 1 ]; then
   command -v curl >/dev/null || { echo "curl is required (apt-get install curl)" >&2; exit 1; }
@@ -28,7 +30,7 @@ ip link set lo up
 echo "nameserver 127.0.0.1" > "$tmp/resolv.conf"
 mount --bind "$tmp/resolv.conf" /etc/resolv.conf
 
-target/release/examples/bench_targets --dns-port 53 --ca-out "$tmp/ca.pem" > "$tmp/targets.env" &
+"$bin/examples/bench_targets" --dns-port 53 --ca-out "$tmp/ca.pem" > "$tmp/targets.env" &
 targets_pid=$!
 trap 'kill $targets_pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do grep -q '^NAME=' "$tmp/targets.env" 2>/dev/null && break; sleep 0.05; done
@@ -44,10 +46,10 @@ for url in "http://$NAME:$HTTP_PORT/bytes/100000" "https://$NAME:$HTTPS_PORT/byt
   : > "$tmp/vantage.jsonl"
   # One unmeasured warm-up each (page cache, lazy binding).
   curl -4 -s -o /dev/null --cacert "$CA_FILE" "$url"
-  target/release/vantage check --json --ipv4 --ca-file "$CA_FILE" "$url" > /dev/null
+  "$bin/vantage" check --json --ipv4 --ca-file "$CA_FILE" "$url" > /dev/null
   for _ in $(seq "$RUNS"); do
     curl -4 -s -o /dev/null --cacert "$CA_FILE" -w "$CURL_FORMAT" "$url" >> "$tmp/curl.jsonl"
-    target/release/vantage check --json --ipv4 --ca-file "$CA_FILE" "$url" | jq -c . >> "$tmp/vantage.jsonl"
+    "$bin/vantage" check --json --ipv4 --ca-file "$CA_FILE" "$url" | jq -c . >> "$tmp/vantage.jsonl"
   done
   python3 - "$url" "$tmp/curl.jsonl" "$tmp/vantage.jsonl" <<'PY'
 import json, statistics, sys

@@ -1,26 +1,95 @@
-//! Name resolution for probes: one shared hickory resolver without a cache, so every
-//! probe measures a real lookup, and the IP-family policy of a monitor.
+//! Name resolution for probes: the IP-family policy of a monitor, and the lookup of a
+//! host to connect to, timed as the wire sees it (#14).
+//!
+//! A lookup first asks the first configured server itself (`dns_query`: our own UDP
+//! socket, kernel stamps, one query per record type, sent back to back), so `dns_ms`
+//! is the first query leaving → the last answer arriving. The rest goes to one shared
+//! hickory resolver without a cache (every probe measures a real lookup), configured
+//! from the same servers: `localhost` and names in `/etc/hosts` (no server is asked),
+//! and what the exchange does not settle: a truncated answer (it retries over TCP), a
+//! server failure (SERVFAIL, REFUSED: the next server), silence for
+//! [`SERVER_TIMEOUT`] (its own attempts and the other servers); then the phase spans
+//! both attempts, on the probe's clock. Names are FQDNs (trailing dot), so
+//! search domains and `ndots` never apply, with or without the resolver.
 //!
 //! The resolver's own `ip_strategy` is resolver-wide, but the family is a per-monitor
 //! option, so we ask for A and/or AAAA records explicitly instead of `lookup_ip`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::op::{Message, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::{Hosts, TokioResolver};
 
 use rustls::pki_types::ServerName;
 use url::Host;
 
 use super::observation::Observation;
 use super::timings::Phase;
-use super::{Failure, IpFamily, Prober, ProberError};
+use super::{dns_query, Failure, IpFamily, Prober, ProberError};
 use crate::probe::ErrorKind;
 
-/// Builds the shared resolver: `servers` when given (ip:port), else the system
+/// How long one server gets to answer (our own exchange, and each resolver attempt).
+const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the probes of a `Prober` resolve hosts with.
+pub(crate) struct Resolver {
+    resolver: TokioResolver,
+    /// The first configured server's UDP address, asked directly; `None`: every lookup
+    /// goes through `resolver`.
+    first_server: Option<SocketAddr>,
+    /// `/etc/hosts`, as the resolver read it: names it answers without a server.
+    hosts: Hosts,
+}
+
+impl Resolver {
+    /// `servers` when given (ip:port), else the system configuration, read here once
+    /// so that no probe pays for it.
+    pub(crate) fn new(servers: Option<&[SocketAddr]>) -> Result<Resolver, ProberError> {
+        let first_server = match servers {
+            Some(servers) => servers.first().copied(),
+            None => first_system_server(),
+        };
+        Ok(Resolver {
+            resolver: build_resolver(servers)?,
+            first_server,
+            hosts: Hosts::from_system().unwrap_or_default(),
+        })
+    }
+
+    /// The hickory resolver itself (the DNS kind's queries of any record type).
+    pub(crate) fn hickory(&self) -> &TokioResolver {
+        &self.resolver
+    }
+}
+
+/// The UDP address of the first server of the system configuration.
+fn first_system_server() -> Option<SocketAddr> {
+    let (config, _) = hickory_resolver::system_conf::read_system_conf().ok()?;
+    config.name_servers().iter().find_map(|server| {
+        server
+            .connections
+            .iter()
+            .find(|c| matches!(c.protocol, ProtocolConfig::Udp))
+            .map(|c| SocketAddr::new(server.ip, c.port))
+    })
+}
+
+/// A lookup's addresses and its span on the wire (or on the probe's clock when the
+/// resolver had to take over).
+pub(crate) struct Resolved {
+    pub addrs: Vec<IpAddr>,
+    pub started: Instant,
+    pub done: Instant,
+}
+
+/// Builds a hickory resolver: `servers` when given (ip:port), else the system
 /// configuration (`/etc/resolv.conf`).
 pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> Result<TokioResolver, ProberError> {
     let mut builder = match servers {
@@ -49,7 +118,7 @@ pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> Result<TokioReso
     opts.cache_size = 0;
     // One slow server should not eat a whole probe budget; the probe's own deadline
     // still bounds everything.
-    opts.timeout = std::time::Duration::from_secs(2);
+    opts.timeout = SERVER_TIMEOUT;
     opts.attempts = 2;
     builder
         .build()
@@ -108,10 +177,11 @@ pub(crate) async fn resolve_host<S: AsRef<str>>(
                 format!("{name}.")
             };
             seen.phase = Phase::Dns;
-            seen.timings.hop().dns_start = Some(std::time::Instant::now());
-            let addrs = resolve(&prober.resolver, &fqdn, family).await?;
-            seen.timings.hop().dns_done = Some(std::time::Instant::now());
-            Ok((addrs, server_name))
+            let resolved = resolve(&prober.resolver, &fqdn, family).await?;
+            let hop = seen.timings.hop();
+            hop.dns_start = Some(resolved.started);
+            hop.dns_done = Some(resolved.done);
+            Ok((resolved.addrs, server_name))
         }
     }
 }
@@ -120,32 +190,104 @@ pub(crate) async fn resolve_host<S: AsRef<str>>(
 /// `Any` queries AAAA and A in parallel and puts IPv6 first; the connect step falls
 /// back to the next address, so a broken IPv6 path still reaches the IPv4 one.
 pub(crate) async fn resolve(
-    resolver: &TokioResolver,
+    resolver: &Resolver,
     fqdn: &str,
     family: IpFamily,
-) -> Result<Vec<IpAddr>, Failure> {
-    let result = match family {
-        IpFamily::V4 => lookup(resolver, fqdn, RecordType::A).await,
-        IpFamily::V6 => lookup(resolver, fqdn, RecordType::AAAA).await,
+) -> Result<Resolved, Failure> {
+    let types: &[RecordType] = match family {
+        IpFamily::V4 => &[RecordType::A],
+        IpFamily::V6 => &[RecordType::AAAA],
+        IpFamily::Any => &[RecordType::AAAA, RecordType::A],
+    };
+    let started = Instant::now();
+    if let Some((results, sent, answered)) = ask_first_server(resolver, fqdn, types).await {
+        return Ok(Resolved {
+            addrs: combine(fqdn, family, results)?,
+            started: sent,
+            done: answered,
+        });
+    }
+    let results = match family {
+        IpFamily::V4 | IpFamily::V6 => vec![lookup(&resolver.resolver, fqdn, types[0]).await],
         IpFamily::Any => {
             let (v6, v4) = tokio::join!(
-                lookup(resolver, fqdn, RecordType::AAAA),
-                lookup(resolver, fqdn, RecordType::A)
+                lookup(&resolver.resolver, fqdn, RecordType::AAAA),
+                lookup(&resolver.resolver, fqdn, RecordType::A)
             );
-            match (v6, v4) {
-                (Ok(mut a), Ok(b)) => {
-                    a.extend(b);
-                    Ok(a)
-                }
-                (Ok(a), Err(_)) | (Err(_), Ok(a)) if !a.is_empty() => Ok(a),
-                // Both failed: the IPv4 error is the more telling one (AAAA often
-                // legitimately has no records).
-                (Ok(_), Err(err)) | (Err(_), Err(err)) => Err(err),
-                (Err(err), Ok(_)) => Err(err),
-            }
+            vec![v6, v4]
         }
     };
-    let addrs = result.map_err(|err| classify(fqdn, &err))?;
+    Ok(Resolved {
+        addrs: combine(fqdn, family, results)?,
+        started,
+        done: Instant::now(),
+    })
+}
+
+/// One lookup result per record type asked, and when the exchange left and ended on
+/// the wire; `None` when the first server's answers do not settle the lookup.
+async fn ask_first_server(
+    resolver: &Resolver,
+    fqdn: &str,
+    types: &[RecordType],
+) -> Option<(Vec<Result<Vec<IpAddr>, Failure>>, Instant, Instant)> {
+    let server = resolver.first_server?;
+    let name = Name::from_ascii(fqdn).ok()?;
+    // Names the resolver answers itself (RFC 6761's localhost, /etc/hosts) have no
+    // wire to time, and a server must not be asked about them.
+    let static_host = types.iter().any(|&record_type| {
+        let query = Query::query(name.clone(), record_type);
+        resolver.hosts.lookup_static_host(&query).is_some()
+    });
+    if name.is_localhost() || static_host {
+        return None;
+    }
+    let exchange = dns_query::exchange(server, &name, types, SERVER_TIMEOUT).await?;
+    let results = exchange
+        .answers
+        .iter()
+        .map(|answer| settled(fqdn, answer))
+        .collect::<Option<Vec<_>>>()?;
+    Some((results, exchange.sent, exchange.answered))
+}
+
+/// What an answer says about the name, as the resolver would report it; `None` when it
+/// settles nothing (truncated, or a server failure another server may not have).
+fn settled(fqdn: &str, answer: &Message) -> Option<Result<Vec<IpAddr>, Failure>> {
+    if answer.metadata.truncation {
+        return None;
+    }
+    match answer.metadata.response_code {
+        ResponseCode::NoError if answer.answers.is_empty() => Some(Err(no_records(fqdn))),
+        ResponseCode::NoError => Some(Ok(addresses(&answer.answers))),
+        ResponseCode::NXDomain => Some(Err(nxdomain(fqdn))),
+        _ => None,
+    }
+}
+
+/// The addresses to try, in order, from one result per record type (AAAA before A
+/// when both were asked).
+fn combine(
+    fqdn: &str,
+    family: IpFamily,
+    mut results: Vec<Result<Vec<IpAddr>, Failure>>,
+) -> Result<Vec<IpAddr>, Failure> {
+    let last = results.pop().expect("one result per record type");
+    let combined = match results.pop() {
+        None => last,
+        Some(v6) => match (v6, last) {
+            (Ok(mut a), Ok(b)) => {
+                a.extend(b);
+                Ok(a)
+            }
+            (Ok(a), Err(_)) | (Err(_), Ok(a)) if !a.is_empty() => Ok(a),
+            // Both failed: the IPv4 error is the more telling one (AAAA often
+            // legitimately has no records).
+            (Ok(_), Err(err)) | (Err(_), Err(err)) => Err(err),
+            (Err(err), Ok(_)) => Err(err),
+        },
+    };
+    let addrs = combined?;
     if addrs.is_empty() {
         return Err(Failure::new(
             ErrorKind::DnsNxdomain,
@@ -163,31 +305,45 @@ async fn lookup(
     resolver: &TokioResolver,
     fqdn: &str,
     record_type: RecordType,
-) -> Result<Vec<IpAddr>, NetError> {
-    let lookup = resolver.lookup(fqdn, record_type).await?;
-    Ok(lookup
-        .answers()
+) -> Result<Vec<IpAddr>, Failure> {
+    let lookup = resolver
+        .lookup(fqdn, record_type)
+        .await
+        .map_err(|err| classify(fqdn, &err))?;
+    Ok(addresses(lookup.answers()))
+}
+
+fn addresses(records: &[Record]) -> Vec<IpAddr> {
+    records
         .iter()
         .filter_map(|record| match &record.data {
             RData::A(a) => Some(IpAddr::V4(a.0)),
             RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
             _ => None,
         })
-        .collect())
+        .collect()
+}
+
+fn nxdomain(fqdn: &str) -> Failure {
+    Failure::new(
+        ErrorKind::DnsNxdomain,
+        format!("{}: no such domain (NXDOMAIN)", fqdn.trim_end_matches('.')),
+    )
+}
+
+fn no_records(fqdn: &str) -> Failure {
+    Failure::new(
+        ErrorKind::DnsNxdomain,
+        format!("{}: no address records", fqdn.trim_end_matches('.')),
+    )
 }
 
 fn classify(fqdn: &str, err: &NetError) -> Failure {
     let name = fqdn.trim_end_matches('.');
     if err.is_nx_domain() {
-        Failure::new(
-            ErrorKind::DnsNxdomain,
-            format!("{name}: no such domain (NXDOMAIN)"),
-        )
+        nxdomain(fqdn)
     } else if err.is_no_records_found() {
-        Failure::new(
-            ErrorKind::DnsNxdomain,
-            format!("{name}: no address records"),
-        )
+        no_records(fqdn)
     } else if matches!(err, NetError::Timeout) {
         Failure::new(
             ErrorKind::DnsTimeout,

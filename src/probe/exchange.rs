@@ -234,6 +234,7 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     seen.timings.hop().ready = Some(std::time::Instant::now());
+    seen.stamps.await_reply();
     let mut done = false;
     let response = driving(send, &mut conn, &mut done)
         .await
@@ -266,7 +267,16 @@ async fn read_response<C>(
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    seen.timings.hop().head = Some(std::time::Instant::now());
+    let hop = seen.timings.hop();
+    hop.request_sent = seen
+        .stamps
+        .request_sent()
+        .filter(|at| Some(*at) >= hop.ready);
+    hop.head = Some(
+        seen.stamps
+            .last_read()
+            .unwrap_or_else(std::time::Instant::now),
+    );
     seen.phase = Phase::Body;
     seen.http_status = Some(response.status().as_u16());
     seen.http_version = Some(

@@ -17,6 +17,7 @@
 //! or storage.
 
 pub mod dns;
+mod dns_query;
 pub mod redirect_policy;
 
 mod certificate;
@@ -30,11 +31,11 @@ mod report;
 mod timings;
 mod tls;
 mod verified_chains;
+mod wire_clock;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use hickory_resolver::TokioResolver;
 use rustls::pki_types::CertificateDer;
 
 use crate::assertions::Response;
@@ -86,7 +87,7 @@ impl Failure {
 
 /// What all probes of this process share. Cheap to use from many tasks at once.
 pub struct Prober {
-    resolver: TokioResolver,
+    resolver: dns::Resolver,
     tls: tls::TlsConfigs,
     is_public: redirect_policy::PublicTest,
 }
@@ -236,7 +237,7 @@ impl ProberBuilder {
             roots.extend(tls::read_pem_roots(path)?);
         }
         Ok(Prober {
-            resolver: dns::build_resolver(self.dns_servers.as_deref())?,
+            resolver: dns::Resolver::new(self.dns_servers.as_deref())?,
             tls: tls::TlsConfigs::new(&roots, self.verified_chain_capacity)?,
             is_public: self.is_public,
         })

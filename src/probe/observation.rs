@@ -14,6 +14,7 @@ use http::HeaderMap;
 
 use super::certificate::LeafFacts;
 use super::timings::{Phase, Timings};
+use super::wire_clock::StreamStamps;
 use super::{ErrorKind, Failure, ProbeReport, ProbeStatus};
 
 /// Bytes kept of each captured response header's value.
@@ -39,6 +40,9 @@ pub(crate) struct Observation {
     pub redirect_count: u32,
     /// What only this kind measures (`api_heartbeats.details`).
     pub details: Option<serde_json::Value>,
+    /// What the current connection's socket saw (`wire_clock`): where the TLS, ttfb
+    /// and transfer boundaries are read from.
+    pub stamps: StreamStamps,
 }
 
 impl Observation {
@@ -56,6 +60,7 @@ impl Observation {
             body: None,
             redirect_count: 0,
             details: None,
+            stamps: StreamStamps::default(),
         }
     }
 

@@ -43,12 +43,15 @@ pub struct Hop {
     pub dns_done: Option<Instant>,
     pub connect_start: Option<Instant>,
     pub connected: Option<Instant>,
-    /// When the TLS handshake started, if not right after connecting (STARTTLS).
+    /// The ClientHello left (else the handshake starts at `connected`).
     pub tls_start: Option<Instant>,
     pub tls_done: Option<Instant>,
     /// The connection is ready for the request (after TCP, TLS and the HTTP handshake).
     pub ready: Option<Instant>,
-    /// `send_request` resolved: the response head was parsed.
+    /// The request's last byte left (else ttfb starts at `ready`).
+    pub request_sent: Option<Instant>,
+    /// The response head arrived: the kernel's receive stamp of the data that
+    /// completed it where the kind reads one, else when it was parsed.
     pub head: Option<Instant>,
     pub body_done: Option<Instant>,
 }
@@ -115,7 +118,7 @@ impl Timings {
                     h.tls_done,
                 )
             }),
-            ttfb_ms: sum(hops, |h| (h.ready, h.head)),
+            ttfb_ms: sum(hops, |h| (h.request_sent.or(h.ready), h.head)),
             transfer_ms: sum(hops, |h| (h.head, h.body_done)),
         }
     }

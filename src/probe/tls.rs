@@ -24,7 +24,6 @@ use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -32,6 +31,7 @@ use super::certificate::{forward_handshake_signatures, LeafFacts};
 use super::observation::Observation;
 use super::timings::Phase;
 use super::verified_chains::RememberingVerifier;
+use super::wire_clock::StampedTcp;
 use super::{Failure, ProberError};
 use crate::probe::ErrorKind;
 
@@ -94,11 +94,11 @@ impl TlsConfigs {
     /// server presented a parseable certificate, whatever the outcome.
     pub(crate) async fn handshake(
         &self,
-        tcp: TcpStream,
+        tcp: StampedTcp,
         server_name: ServerName<'static>,
         verify: bool,
         leaf: &Arc<Mutex<Option<LeafFacts>>>,
-    ) -> Result<TlsStream<TcpStream>, Failure> {
+    ) -> Result<TlsStream<StampedTcp>, Failure> {
         let base = if verify {
             &self.verifying
         } else {
@@ -127,14 +127,25 @@ impl TlsConfigs {
     /// version and the leaf certificate recorded.
     pub(crate) async fn handshake_timed(
         &self,
-        tcp: TcpStream,
+        tcp: StampedTcp,
         server_name: ServerName<'static>,
         verify: bool,
         seen: &mut Observation,
-    ) -> Result<TlsStream<TcpStream>, Failure> {
+    ) -> Result<TlsStream<StampedTcp>, Failure> {
         seen.phase = Phase::Tls;
+        seen.stamps.restart();
         let stream = self.handshake(tcp, server_name, verify, &seen.leaf).await?;
-        seen.timings.hop().tls_done = Some(std::time::Instant::now());
+        // From the ClientHello leaving to the server's last handshake flight arriving,
+        // as the wire shows it (see `wire_clock`).
+        let hop = seen.timings.hop();
+        if let Some(hello) = seen.stamps.first_write() {
+            hop.tls_start = Some(hello);
+        }
+        hop.tls_done = Some(
+            seen.stamps
+                .last_read()
+                .unwrap_or_else(std::time::Instant::now),
+        );
         seen.tls_version = version_name(&stream);
         Ok(stream)
     }
@@ -435,7 +446,7 @@ impl ServerCertVerifier for AcceptAnything {
 }
 
 /// `TLSv1.3` / `TLSv1.2`, as reported.
-pub(crate) fn version_name(stream: &TlsStream<TcpStream>) -> Option<String> {
+pub(crate) fn version_name(stream: &TlsStream<StampedTcp>) -> Option<String> {
     let (_, conn) = stream.get_ref();
     conn.protocol_version().map(|v| match v {
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
@@ -445,7 +456,7 @@ pub(crate) fn version_name(stream: &TlsStream<TcpStream>) -> Option<String> {
 }
 
 /// Whether ALPN settled on HTTP/2.
-pub(crate) fn negotiated_h2(stream: &TlsStream<TcpStream>) -> bool {
+pub(crate) fn negotiated_h2(stream: &TlsStream<StampedTcp>) -> bool {
     stream.get_ref().1.alpn_protocol() == Some(b"h2")
 }
 

@@ -94,7 +94,13 @@ impl DnsBuilder {
 
     /// Starts on 127.0.0.1:`port` (0 for a random one).
     pub async fn start_on(self, port: u16) -> DnsServer {
-        let socket = Arc::new(UdpSocket::bind(("127.0.0.1", port)).await.unwrap());
+        self.start_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+    }
+
+    /// Starts on `addr` (port 0 for a random one).
+    pub async fn start_at(self, addr: SocketAddr) -> DnsServer {
+        let socket = Arc::new(UdpSocket::bind(addr).await.unwrap());
         let addr = socket.local_addr().unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
         let names = Arc::new(self.names);

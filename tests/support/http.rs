@@ -1,4 +1,5 @@
-//! HTTP test servers on 127.0.0.1, each on its own random port, stopped when dropped.
+//! HTTP test servers on 127.0.0.1, each on its own random port (or on a given address:
+//! `http_at`, `https_at`), stopped when dropped.
 //!
 //! [`TestServer::http`] / [`TestServer::https`] serve real HTTP/1.1 and HTTP/2 (by
 //! ALPN) with hyper and these routes:
@@ -31,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -65,7 +69,12 @@ impl TestServer {
 
     /// Plain HTTP/1.1.
     pub async fn http() -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::http_at(LOOPBACK_ANY_PORT).await
+    }
+
+    /// Plain HTTP/1.1 on `addr` (port 0: a random one).
+    pub async fn http_at(addr: SocketAddr) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {
@@ -80,7 +89,12 @@ impl TestServer {
 
     /// HTTPS with `config`; HTTP/2 when ALPN picks `h2`, else HTTP/1.1.
     pub async fn https(config: Arc<ServerConfig>) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::https_at(LOOPBACK_ANY_PORT, config).await
+    }
+
+    /// HTTPS with `config` on `addr` (port 0: a random one).
+    pub async fn https_at(addr: SocketAddr, config: Arc<ServerConfig>) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = TlsAcceptor::from(config);
         let task = tokio::spawn(async move {

@@ -15,3 +15,4 @@ pub mod probe;
 pub mod proxy;
 pub mod smtp;
 pub mod tls;
+pub mod wire;

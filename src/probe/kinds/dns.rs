@@ -184,7 +184,7 @@ pub(crate) async fn probe(
             seen.remote_ip = Some(addr.ip());
             resolver
         }
-        None => &prober.resolver,
+        None => prober.resolver.hickory(),
     };
     let name = dns.fqdn.trim_end_matches('.');
     seen.phase = Phase::Dns;

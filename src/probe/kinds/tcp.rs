@@ -12,7 +12,6 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use url::{Host, Url};
 
@@ -20,6 +19,7 @@ use super::{host_and_port, settings_of};
 use crate::probe::monitor::MonitorSpec;
 use crate::probe::observation::Observation;
 use crate::probe::timings::Phase;
+use crate::probe::wire_clock::StampedTcp;
 use crate::probe::{connect, dns, ErrorKind, Failure, InvalidMonitor, Monitor, Prober};
 
 /// How much of an answer is read looking for `expect`.
@@ -106,7 +106,7 @@ pub(crate) async fn probe(
 /// Reads the answer until it contains `expected`; the end of the stream or the byte
 /// limit before that is a failed expectation that shows what the server said.
 async fn read_until(
-    stream: &mut TcpStream,
+    stream: &mut StampedTcp,
     expected: &str,
     seen: &mut Observation,
 ) -> Result<(), Failure> {

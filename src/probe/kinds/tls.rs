@@ -10,7 +10,6 @@
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use url::{Host, Url};
 
@@ -18,6 +17,7 @@ use super::{host_and_port, settings_of};
 use crate::probe::monitor::{invalid, MonitorSpec};
 use crate::probe::observation::Observation;
 use crate::probe::timings::Phase;
+use crate::probe::wire_clock::StampedTcp;
 use crate::probe::{connect, dns, ErrorKind, Failure, InvalidMonitor, Monitor, Prober};
 
 /// Longest SMTP reply line read (RFC 5321 allows 512 bytes; servers send less).
@@ -96,7 +96,7 @@ pub(crate) async fn probe(
 /// Greeting, `EHLO`, `STARTTLS`: the server must answer 220, 250, 220. The stream is
 /// read line by line without reading ahead, so no byte of the handshake is consumed.
 async fn smtp_starttls(
-    tcp: &mut TcpStream,
+    tcp: &mut StampedTcp,
     host: &Host,
     seen: &mut Observation,
 ) -> Result<(), Failure> {
@@ -118,7 +118,7 @@ async fn smtp_starttls(
     Ok(())
 }
 
-async fn send(reader: &mut BufReader<&mut TcpStream>, bytes: &[u8]) -> Result<(), Failure> {
+async fn send(reader: &mut BufReader<&mut StampedTcp>, bytes: &[u8]) -> Result<(), Failure> {
     reader.get_mut().write_all(bytes).await.map_err(|err| {
         Failure::new(
             ErrorKind::ConnectError,
@@ -129,7 +129,7 @@ async fn send(reader: &mut BufReader<&mut TcpStream>, bytes: &[u8]) -> Result<()
 
 /// Reads one (possibly multi-line) SMTP reply and checks its code.
 async fn smtp_reply(
-    reader: &mut BufReader<&mut TcpStream>,
+    reader: &mut BufReader<&mut StampedTcp>,
     expected: &str,
     step: &str,
 ) -> Result<(), Failure> {

@@ -1,0 +1,448 @@
+//! Phase boundaries as the wire sees them (#14): kernel timestamps on the probe's own
+//! sockets, read back as `Instant`s so `timings` keeps one clock.
+//!
+//! What the kernel gives and how it is used:
+//! - receive stamps (`SO_TIMESTAMPING` with `SOF_TIMESTAMPING_RX_SOFTWARE |
+//!   SOF_TIMESTAMPING_SOFTWARE`): each `recvmsg` on the probe's TCP socket returns in an
+//!   `SCM_TIMESTAMPING` control message when the data it returned arrived (for TCP, the
+//!   highest-sequence byte returned), however late the probe's task got to read it;
+//! - the handshake round trip: `TCP_INFO`'s `tcpi_rtt` right after connect is the
+//!   kernel's one RTT sample, SYN sent → SYN/ACK received (µs);
+//! - transmit stamps (`SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_OPT_TSONLY`,
+//!   read back from the socket's error queue): when the driver took the datagram or
+//!   the segment carrying the last byte of a write. TCP's queue is read only when a
+//!   boundary needs it (the first read after the ClientHello, the first read of a
+//!   reply), two system calls a probe. Fallback: the instant `write` returned (with
+//!   `TCP_NODELAY` and an open window the segment leaves inside that call).
+//!
+//! Kernel stamps are `CLOCK_REALTIME`; [`ClockPair`] reads both clocks once per socket
+//! and converts. A stamp that does not fit (a wall-clock step, or a socket that refused
+//! the option) is replaced by the instant the system call returned: the fallback is the
+//! old behaviour, never a wrong phase.
+//!
+//! Owns the stamping socket wrapper [`StampedTcp`] and its [`StreamStamps`], and the
+//! stamped datagram calls `dns_query` uses; it knows nothing of HTTP, TLS, DNS or
+//! phases beyond "first write", "last read", "reply".
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// `SO_TIMESTAMPING` (asm-generic `SO_TIMESTAMPING_OLD`; the control message type
+/// `SCM_TIMESTAMPING` has the same number). The libc crate does not export it for
+/// glibc targets. 64-bit `timespec`s on the 64-bit targets we build for.
+const SO_TIMESTAMPING: libc::c_int = 37;
+
+/// `CLOCK_REALTIME` and `Instant` read together, to convert kernel stamps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClockPair {
+    instant: Instant,
+    realtime_ns: i128,
+}
+
+impl ClockPair {
+    /// Reads both clocks, keeping the tightest of three brackets so that a preemption
+    /// between the two reads does not become an offset.
+    pub(crate) fn now() -> ClockPair {
+        let mut best: Option<(Duration, ClockPair)> = None;
+        for _ in 0..3 {
+            let before = Instant::now();
+            let realtime_ns = realtime_ns();
+            let after = Instant::now();
+            let width = after - before;
+            let pair = ClockPair {
+                instant: before + width / 2,
+                realtime_ns,
+            };
+            if best.is_none_or(|(w, _)| width < w) {
+                best = Some((width, pair));
+            }
+            if width < Duration::from_micros(5) {
+                break;
+            }
+        }
+        best.expect("three tries").1
+    }
+
+    /// The `Instant` of kernel stamp `ts` when there is one that fits (see
+    /// [`ClockPair::instant_of`]), else `returned`: when the system call returned.
+    fn stamp_or(&self, ts: Option<libc::timespec>, returned: Instant) -> Instant {
+        ts.and_then(|ts| self.instant_of(ts, returned))
+            .unwrap_or(returned)
+    }
+
+    /// The `Instant` of kernel stamp `ts`, when it lies between this pairing and
+    /// `not_after` (the stamped packet cannot postdate the call that returned it).
+    fn instant_of(&self, ts: libc::timespec, not_after: Instant) -> Option<Instant> {
+        let ns = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128 - self.realtime_ns;
+        let at = if ns >= 0 {
+            self.instant.checked_add(Duration::from_nanos(ns as u64))?
+        } else {
+            self.instant
+                .checked_sub(Duration::from_nanos(ns.unsigned_abs() as u64))?
+        };
+        // A little slack before the pairing: a segment may be stamped while the socket
+        // was being set up; never after the call returned.
+        (at <= not_after && at + Duration::from_millis(1) >= self.instant).then_some(at)
+    }
+}
+
+fn realtime_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Asks the kernel to stamp every packet `fd` receives, and with `transmit` every
+/// packet it sends (stamps only, on the error queue). `false`: it refused.
+pub(crate) fn enable_stamps(fd: RawFd, transmit: bool) -> bool {
+    let mut flags: libc::c_uint =
+        libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+    if transmit {
+        flags |= libc::SOF_TIMESTAMPING_TX_SOFTWARE | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+    }
+    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a value we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPING,
+            (&flags as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// The SYN → SYN/ACK round trip the kernel measured for a just-connected socket, when
+/// it took one (not after a retransmitted SYN, which gives no sample).
+fn handshake_rtt(tcp: &TcpStream) -> Option<Duration> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let has_rtt = len as usize
+        >= std::mem::offset_of!(libc::tcp_info, tcpi_total_retrans) + std::mem::size_of::<u32>();
+    (rc == 0 && has_rtt && info.tcpi_rtt > 0 && info.tcpi_total_retrans == 0)
+        .then(|| Duration::from_micros(info.tcpi_rtt.into()))
+}
+
+/// When the connection was established as the wire sees it: `attempt_started` (the
+/// successful attempt's start, which is about when its SYN left) plus the kernel's
+/// handshake RTT; the instant connect returned when the kernel has no sample.
+pub(crate) fn connected_at(tcp: &TcpStream, attempt_started: Instant) -> Instant {
+    let returned = Instant::now();
+    handshake_rtt(tcp)
+        .map(|rtt| attempt_started + rtt)
+        .filter(|at| *at <= returned)
+        .unwrap_or(returned)
+}
+
+/// `recvmsg` into `buf`, returning the byte count and the kernel's software receive
+/// stamp when one came with the data.
+fn recv_stamped(
+    fd: RawFd,
+    buf: &mut [MaybeUninit<u8>],
+    flags: libc::c_int,
+) -> io::Result<(usize, Option<libc::timespec>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for SCM_TIMESTAMPING (three timespecs) and, on the error queue, IP_RECVERR
+    // (an extended error and an address), with their headers; 8-byte aligned.
+    let mut control = [0u64; 32];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` refers to memory we own for the duration of the
+    // call (`buf` for the data, `control` for control messages); the kernel writes at
+    // most the lengths given. Non-blocking: the socket is tokio's.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR walk the control buffer the kernel filled,
+    // bounded by `msg.msg_controllen`; we read a header only when it is non-null and a
+    // SCM_TIMESTAMPING payload (three timespecs) only for that type, unaligned-safely.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == SO_TIMESTAMPING {
+                let stamps =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<[libc::timespec; 3]>());
+                // [0] is the software stamp; zero when the kernel did not take one.
+                if stamps[0].tv_sec != 0 || stamps[0].tv_nsec != 0 {
+                    stamp = Some(stamps[0]);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+/// Receives one datagram into `buf` (non-blocking; `WouldBlock` when none is queued):
+/// its length and when it arrived.
+pub(crate) fn recv_datagram(
+    fd: RawFd,
+    buf: &mut [u8],
+    clock: &ClockPair,
+) -> io::Result<(usize, Instant)> {
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recvmsg only
+    // writes initialised bytes, so `buf` stays initialised.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    let (n, stamp) = recv_stamped(fd, uninit, 0)?;
+    Ok((n, clock.stamp_or(stamp, Instant::now())))
+}
+
+/// The earliest and the latest transmit stamps queued on `fd`'s error queue
+/// (draining it), when the kernel took any.
+pub(crate) fn transmit_stamps(fd: RawFd, clock: &ClockPair) -> Option<(Instant, Instant)> {
+    let mut span: Option<(Instant, Instant)> = None;
+    let mut scratch = [MaybeUninit::<u8>::uninit(); 64];
+    // Each queued stamp is one message: one per datagram, or per write on TCP.
+    while let Ok((_, Some(ts))) =
+        recv_stamped(fd, &mut scratch, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT)
+    {
+        if let Some(at) = clock.instant_of(ts, Instant::now()) {
+            span = Some(span.map_or((at, at), |(lo, hi)| (lo.min(at), hi.max(at))));
+        }
+    }
+    span
+}
+
+/// What [`StampedTcp`] saw, shared with the prober that owns the hop's timings.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamStamps(Arc<Mutex<Log>>);
+
+#[derive(Debug, Default)]
+struct Log {
+    /// The first write: when it was called, and when it returned (or, once the first
+    /// read has checked the error queue, its transmit stamp).
+    first_write: Option<(Instant, Instant)>,
+    first_checked: bool,
+    /// The latest write, likewise (its stamp is looked up only for a reply).
+    last_write: Option<(Instant, Instant)>,
+    last_read: Option<Instant>,
+    /// Set by [`StreamStamps::await_reply`]: waiting for the first read after it.
+    awaiting_reply: bool,
+    /// The last write before that first read (the request's last byte).
+    request_sent: Option<Instant>,
+}
+
+impl StreamStamps {
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets earlier writes: [`StreamStamps::first_write`] becomes the next one (a
+    /// ClientHello after a STARTTLS exchange).
+    pub(crate) fn restart(&self) {
+        let mut log = self.log();
+        log.first_write = None;
+        log.first_checked = false;
+    }
+
+    /// When the first bytes (since [`StreamStamps::restart`]) left: a ClientHello.
+    pub(crate) fn first_write(&self) -> Option<Instant> {
+        self.log().first_write.map(|(_, at)| at)
+    }
+
+    /// When the data of the latest read arrived (the kernel's stamp, else the instant
+    /// the read returned).
+    pub(crate) fn last_read(&self) -> Option<Instant> {
+        self.log().last_read
+    }
+
+    /// Starts a request/reply exchange: [`StreamStamps::request_sent`] becomes the last
+    /// write before the next read that returns data. (A later write, such as an HTTP/2
+    /// SETTINGS acknowledgement, is not the request.)
+    pub(crate) fn await_reply(&self) {
+        let mut log = self.log();
+        log.awaiting_reply = true;
+        log.request_sent = None;
+    }
+
+    pub(crate) fn request_sent(&self) -> Option<Instant> {
+        self.log().request_sent
+    }
+}
+
+/// A connected TCP stream that records when bytes left and when they arrived.
+#[derive(Debug)]
+pub(crate) struct StampedTcp {
+    tcp: TcpStream,
+    clock: ClockPair,
+    /// The kernel took the stamping option (receive and transmit stamps).
+    kernel_stamps: bool,
+    stamps: StreamStamps,
+}
+
+impl StampedTcp {
+    /// Wraps `tcp`, turning on stamps before any data can arrive.
+    pub(crate) fn new(tcp: TcpStream) -> (StampedTcp, StreamStamps) {
+        let kernel_stamps = enable_stamps(tcp.as_raw_fd(), true);
+        let stamps = StreamStamps::default();
+        let stream = StampedTcp {
+            tcp,
+            clock: ClockPair::now(),
+            kernel_stamps,
+            stamps: stamps.clone(),
+        };
+        (stream, stamps)
+    }
+
+    fn wrote(&self, called: Instant) {
+        let write = (called, Instant::now());
+        let mut log = self.stamps.log();
+        log.first_write.get_or_insert(write);
+        log.last_write = Some(write);
+    }
+
+    fn read(&self, stamp: Option<libc::timespec>) {
+        let at = self.clock.stamp_or(stamp, Instant::now());
+        let mut log = self.stamps.log();
+        log.last_read = Some(at);
+        let check_first = !log.first_checked && log.first_write.is_some();
+        if !check_first && !log.awaiting_reply {
+            return;
+        }
+        let sent = if self.kernel_stamps {
+            transmit_stamps(self.tcp.as_raw_fd(), &self.clock)
+        } else {
+            None
+        };
+        // A stamp counts for a write when it lies between the write's call and this
+        // read's data arriving (a segment held back by the window leaves after the
+        // call returned); otherwise the instant the write returned stands.
+        let stamp_of = |write: (Instant, Instant), stamp: Instant| {
+            if (write.0..=at).contains(&stamp) {
+                stamp
+            } else {
+                write.1
+            }
+        };
+        if check_first {
+            log.first_checked = true;
+            if let (Some(write), Some((first, _))) = (log.first_write, sent) {
+                log.first_write = Some((write.0, stamp_of(write, first)));
+            }
+        }
+        if log.awaiting_reply {
+            log.awaiting_reply = false;
+            log.request_sent = log.last_write.map(|write| match sent {
+                Some((_, last)) => stamp_of(write, last),
+                None => write.1,
+            });
+        }
+    }
+}
+
+impl AsyncRead for StampedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.kernel_stamps {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+            if buf.filled().len() > before {
+                this.read(None);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            let fd = this.tcp.as_raw_fd();
+            // SAFETY: recvmsg only writes initialised bytes into the unfilled part, and
+            // we mark exactly the `n` it reports as initialised below.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            match this
+                .tcp
+                .try_io(Interest::READABLE, || recv_stamped(fd, unfilled, 0))
+            {
+                Ok((n, stamp)) => {
+                    // SAFETY: the kernel wrote `n` bytes at the start of `unfilled`.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    if n > 0 {
+                        this.read(stamp);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; try_io cleared it, wait again.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for StampedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let called = Instant::now();
+        let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, buf))?;
+        if n > 0 {
+            this.wrote(called);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let called = Instant::now();
+        let n = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs))?;
+        if n > 0 {
+            this.wrote(called);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
