@@ -8,9 +8,11 @@
 //! skipped; all other monitors keep running. Read-only on the database.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
@@ -40,6 +42,9 @@ pub struct RunnableMonitor {
     pub name: String,
     pub cadence: Cadence,
     pub monitor: Monitor,
+    /// A hash of every column of the row it was built from: a reload that reads the same
+    /// row again keeps this monitor instead of validating (and holding) a second copy.
+    fingerprint: u64,
 }
 
 /// The current set, shared with the scheduler; replaced whole on every reload.
@@ -78,7 +83,62 @@ struct MonitorRow {
 const CAPTURED_BODY_BYTES: usize = 64 * 1024;
 
 impl MonitorRow {
-    fn into_runnable(self) -> Result<RunnableMonitor, String> {
+    /// Every column, so that any change to the row changes it. 64 bits of SipHash: the
+    /// chance that an edit leaves it unchanged is negligible.
+    fn fingerprint(&self) -> u64 {
+        // Destructured, so a new column cannot be forgotten here.
+        let MonitorRow {
+            id,
+            name,
+            kind,
+            method,
+            url,
+            headers,
+            secret_headers,
+            body,
+            expected_status_codes,
+            body_contains,
+            follow_redirects,
+            max_redirects,
+            verify_tls,
+            ip_family,
+            max_body_bytes,
+            redirect_policy,
+            interval_seconds,
+            cron,
+            timeout_ms,
+            warning_threshold_ms,
+            critical_threshold_ms,
+            include_response_body,
+            settings,
+            assertions,
+            capture_headers,
+        } = self;
+        let mut hasher = DefaultHasher::new();
+        (id, name, kind, method, url, secret_headers, body).hash(&mut hasher);
+        (
+            expected_status_codes,
+            body_contains,
+            follow_redirects,
+            max_redirects,
+        )
+            .hash(&mut hasher);
+        (verify_tls, ip_family, max_body_bytes, redirect_policy).hash(&mut hasher);
+        (interval_seconds, cron, timeout_ms, warning_threshold_ms).hash(&mut hasher);
+        (
+            critical_threshold_ms,
+            include_response_body,
+            capture_headers,
+        )
+            .hash(&mut hasher);
+        // JSON values have no Hash; their text is canonical (object keys sorted).
+        for value in [headers, settings, assertions] {
+            value.to_string().hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
+    fn into_runnable(self, fingerprint: u64) -> Result<RunnableMonitor, String> {
         let cadence = Cadence::from_parts(self.interval_seconds, self.cron.as_deref())
             .map_err(|err| err.to_string())?;
         let headers = match self.headers {
@@ -124,17 +184,30 @@ impl MonitorRow {
             name: self.name,
             cadence,
             monitor,
+            fingerprint,
         })
     }
 }
 
+/// Monitors loaded, and the rows that could not be used as `(id, name, reason)`.
+type Loaded = (Vec<Arc<RunnableMonitor>>, Vec<(i32, String, String)>);
+
 /// Loads the enabled monitors assigned to `datacenter_id`. Unusable rows come back
 /// separately as `(id, name, reason)`.
-pub async fn load(
+pub async fn load(pool: &PgPool, datacenter_id: i32) -> Result<Loaded, sqlx::Error> {
+    reload(pool, datacenter_id, &[]).await
+}
+
+/// [`load`], keeping each monitor of `current` (ordered by id) whose row is unchanged.
+/// Rows are converted as they arrive, never all held at once: at 100,000 monitors the
+/// rows, a second validated copy of every monitor and the list of them, all alive at
+/// the same moment, were most of the process's peak memory (BENCHMARKS.md, "Footprint").
+async fn reload(
     pool: &PgPool,
     datacenter_id: i32,
-) -> Result<(Vec<RunnableMonitor>, Vec<(i32, String, String)>), sqlx::Error> {
-    let rows: Vec<MonitorRow> = sqlx::query_as(
+    current: &[Arc<RunnableMonitor>],
+) -> Result<Loaded, sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, MonitorRow>(
         "SELECT m.id, m.name, m.kind, m.method, m.url, m.headers, m.secret_headers, m.body, \
                 m.expected_status_codes, m.body_contains, m.follow_redirects, m.max_redirects, \
                 m.verify_tls, m.ip_family, m.max_body_bytes, m.redirect_policy, s.interval_seconds, s.cron, s.timeout_ms, \
@@ -147,14 +220,21 @@ pub async fn load(
          ORDER BY m.id",
     )
     .bind(datacenter_id)
-    .fetch_all(pool)
-    .await?;
-    let mut runnable = Vec::with_capacity(rows.len());
+    .fetch(pool);
+    let mut runnable = Vec::with_capacity(current.len());
     let mut rejected = Vec::new();
-    for row in rows {
+    // Both are ordered by id: walk them side by side.
+    let mut previous = current.iter().peekable();
+    while let Some(row) = rows.try_next().await? {
+        let fingerprint = row.fingerprint();
+        while previous.next_if(|m| m.id < row.id).is_some() {}
+        if let Some(same) = previous.next_if(|m| m.id == row.id && m.fingerprint == fingerprint) {
+            runnable.push(same.clone());
+            continue;
+        }
         let (id, name) = (row.id, row.name.clone());
-        match row.into_runnable() {
-            Ok(monitor) => runnable.push(monitor),
+        match row.into_runnable(fingerprint) {
+            Ok(monitor) => runnable.push(Arc::new(monitor)),
             Err(reason) => rejected.push((id, name, reason)),
         }
     }
@@ -176,7 +256,7 @@ pub async fn watch_monitors(
     let (monitors, rejected) = load(&pool, datacenter_id).await?;
     reporter.report(&rejected);
     tracing::info!(monitors = monitors.len(), "monitor configuration loaded");
-    let (publish, subscribe) = watch::channel(into_set(monitors));
+    let (publish, subscribe) = watch::channel(Arc::new(monitors));
 
     let task = tokio::spawn(async move {
         let mut listener = None;
@@ -201,12 +281,13 @@ pub async fn watch_monitors(
                     }
                 }
             }
-            match load(&pool, datacenter_id).await {
+            let current = publish.borrow().clone();
+            match reload(&pool, datacenter_id, &current).await {
                 Ok((monitors, rejected)) => {
                     metrics.config_reloaded(ReloadResult::Ok);
                     reporter.report(&rejected);
                     let count = monitors.len();
-                    publish.send_replace(into_set(monitors));
+                    publish.send_replace(Arc::new(monitors));
                     tracing::debug!(monitors = count, "monitor configuration reloaded");
                 }
                 // Keep probing the last known configuration through a database outage.
@@ -218,10 +299,6 @@ pub async fn watch_monitors(
         }
     });
     Ok((subscribe, task))
-}
-
-fn into_set(monitors: Vec<RunnableMonitor>) -> MonitorSet {
-    Arc::new(monitors.into_iter().map(Arc::new).collect())
 }
 
 /// Logs each unusable row once per distinct reason, not on every reload.
