@@ -672,14 +672,18 @@ where
             }
             let started_at = clock.now();
             stats.fired.fetch_add(1, Ordering::Relaxed);
-            dispatch(Fire {
+            // Boxed, so that a task still waiting for its permit holds a pointer instead
+            // of room for the whole probe's state: with thousands of slots queued behind
+            // a saturated limit, that room was most of the process's memory
+            // (BENCHMARKS.md, "Footprint next to blackbox_exporter").
+            Box::pin(dispatch(Fire {
                 monitor_id,
                 slot,
                 started_at,
                 lag: (started_at - slot).to_std().unwrap_or_default(),
                 catch_up,
                 payload,
-            })
+            }))
             .await;
             drop(permit);
         });
