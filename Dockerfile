@@ -12,7 +12,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir -p src sql/migrations benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && for bench in probe_cost ingest evaluator; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+ && for bench in probe_cost ingest evaluator wire_accuracy footprint; do echo 'fn main() {}' > "benches/$bench.rs"; done \
  && cargo build --release --locked \
  && rm -rf src target/release/.fingerprint/vantage-* target/release/deps/vantage-* target/release/deps/libvantage-*
 # 2. The application itself.
