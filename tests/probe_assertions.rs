@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::http::TestServer;
-use support::probe::spec;
+use support::probe::{spec, trusting};
 use support::tls::{server_config, TestCa};
 use vantage::assertions::Assertions;
 use vantage::probe::{Monitor, MonitorSpec, Prober};
@@ -127,10 +127,7 @@ async fn time_and_certificate_assertions() {
     // The test leaf is valid until 2100: more than 14 days, fewer than 100,000.
     let ca = TestCa::new();
     let https = TestServer::https(server_config(&ca.leaf(&["127.0.0.1"]), &[])).await;
-    let trusting = Prober::builder()
-        .extra_roots(vec![ca.cert_der.clone()])
-        .build()
-        .unwrap();
+    let trusting = trusting(&ca);
     let url = https.https_url("/");
     let report = judged(&trusting, &url, &["cert:expires > 14d"]).await;
     assert_eq!(report.status, ProbeStatus::Up, "{report:?}");

@@ -18,6 +18,7 @@ use support::dns::DnsServer;
 use support::eventually::eventually;
 use support::http::{refused_addr, TestServer};
 use support::pg::TestDb;
+use support::probe::trusting;
 use support::smtp::SmtpServer;
 use support::tls::{server_config, TestCa};
 use vantage::probe::{Kind, Monitor, MonitorSpec, Prober};
@@ -171,10 +172,7 @@ async fn tls_reports_the_certificate_and_judges_it() {
     let ca = TestCa::new();
     let server = TestServer::https(server_config(&ca.leaf(&["127.0.0.1"]), &[])).await;
     let url = format!("tls://127.0.0.1:{}", server.port());
-    let trusting = Prober::builder()
-        .extra_roots(vec![ca.cert_der.clone()])
-        .build()
-        .unwrap();
+    let trusting = trusting(&ca);
 
     let report = probe(&trusting, kind_spec(Kind::Tls, &url, json!({}))).await;
     assert_eq!(report.status, ProbeStatus::Up, "{report:?}");
@@ -233,10 +231,7 @@ async fn tls_upgrades_smtp_with_starttls() {
     )
     .await;
     let url = format!("tls://127.0.0.1:{}", smtp.addr.port());
-    let trusting = Prober::builder()
-        .extra_roots(vec![ca.cert_der.clone()])
-        .build()
-        .unwrap();
+    let trusting = trusting(&ca);
 
     let report = probe(
         &trusting,

@@ -8,17 +8,10 @@ mod support;
 use std::time::Duration;
 
 use support::http::TestServer;
-use support::probe::{probe_with, spec, H2_AND_H1};
+use support::probe::{probe_with, spec, trusting, H2_AND_H1};
 use support::tls::{self_signed, server_config, Identity, TestCa};
 use vantage::probe::Prober;
 use vantage::{ErrorKind, ProbeReport, ProbeStatus};
-
-fn trusting(ca: &TestCa) -> Prober {
-    Prober::builder()
-        .extra_roots(vec![ca.cert_der.clone()])
-        .build()
-        .unwrap()
-}
 
 async fn https_server(identity: &Identity, alpn: &[&[u8]]) -> TestServer {
     TestServer::https(server_config(identity, alpn)).await

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::tls::TestCa;
 use vantage::probe::{Monitor, MonitorSpec, Prober};
 use vantage::ProbeReport;
 
@@ -21,4 +22,12 @@ pub fn spec(url: &str) -> MonitorSpec {
 /// Validates `spec` (it must be valid) and probes it once with `prober`.
 pub async fn probe_with(prober: &Prober, spec: MonitorSpec) -> ProbeReport {
     prober.probe(&Monitor::new(spec).unwrap()).await
+}
+
+/// A prober that trusts `ca` besides the public roots.
+pub fn trusting(ca: &TestCa) -> Prober {
+    Prober::builder()
+        .extra_roots(vec![ca.cert_der.clone()])
+        .build()
+        .unwrap()
 }
