@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig,
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
@@ -52,13 +52,10 @@ impl Resolver {
     /// `servers` when given (ip:port), else the system configuration, read here once
     /// so that no probe pays for it.
     pub(crate) fn new(servers: Option<&[SocketAddr]>) -> Result<Resolver, ProberError> {
-        let first_server = match servers {
-            Some(servers) => servers.first().copied(),
-            None => first_system_server(),
-        };
+        let (config, options) = resolver_config(servers)?;
         Ok(Resolver {
-            resolver: build_resolver(servers)?,
-            first_server,
+            first_server: first_udp_server(&config),
+            resolver: resolver_from(config, options)?,
             hosts: Hosts::from_system().unwrap_or_default(),
         })
     }
@@ -69,9 +66,8 @@ impl Resolver {
     }
 }
 
-/// The UDP address of the first server of the system configuration.
-fn first_system_server() -> Option<SocketAddr> {
-    let (config, _) = hickory_resolver::system_conf::read_system_conf().ok()?;
+/// The UDP address of the configuration's first server.
+fn first_udp_server(config: &ResolverConfig) -> Option<SocketAddr> {
     config.name_servers().iter().find_map(|server| {
         server
             .connections
@@ -92,7 +88,16 @@ pub(crate) struct Resolved {
 /// Builds a hickory resolver: `servers` when given (ip:port), else the system
 /// configuration (`/etc/resolv.conf`).
 pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> Result<TokioResolver, ProberError> {
-    let mut builder = match servers {
+    let (config, options) = resolver_config(servers)?;
+    resolver_from(config, options)
+}
+
+/// `servers` (ip:port, UDP then TCP each) when given, else the system configuration,
+/// read once here.
+fn resolver_config(
+    servers: Option<&[SocketAddr]>,
+) -> Result<(ResolverConfig, ResolverOpts), ProberError> {
+    match servers {
         Some(servers) => {
             let name_servers = servers
                 .iter()
@@ -104,22 +109,28 @@ pub(crate) fn build_resolver(servers: Option<&[SocketAddr]>) -> Result<TokioReso
                     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            TokioResolver::builder_with_config(
+            Ok((
                 ResolverConfig::from_name_servers(name_servers),
-                TokioRuntimeProvider::default(),
-            )
+                ResolverOpts::default(),
+            ))
         }
-        None => {
-            TokioResolver::builder_tokio().map_err(|err| ProberError::SystemDns(err.to_string()))?
-        }
-    };
-    let opts = builder.options_mut();
+        None => hickory_resolver::system_conf::read_system_conf()
+            .map_err(|err| ProberError::SystemDns(err.to_string())),
+    }
+}
+
+fn resolver_from(
+    config: ResolverConfig,
+    mut options: ResolverOpts,
+) -> Result<TokioResolver, ProberError> {
     // The default caches 8,192 entries: later probes would measure ~35 µs cache hits.
-    opts.cache_size = 0;
+    options.cache_size = 0;
     // One slow server should not eat a whole probe budget; the probe's own deadline
     // still bounds everything.
-    opts.timeout = SERVER_TIMEOUT;
-    opts.attempts = 2;
+    options.timeout = SERVER_TIMEOUT;
+    options.attempts = 2;
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *builder.options_mut() = options;
     builder
         .build()
         .map_err(|err| ProberError::Resolver(err.to_string()))
