@@ -7,22 +7,30 @@ use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
 
-/// What a heartbeat reports about the server's leaf certificate.
+/// The server's leaf certificate as a probe recorded it: its expiry, read during every
+/// handshake, and the certificate itself, read further only by the kinds that report
+/// more (`to_details`), so an https probe pays for one field, not for formatting names.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LeafFacts {
     pub not_after: DateTime<Utc>,
-    pub subject: String,
-    pub issuer: String,
-    /// The DNS names of its subjectAltName extension.
-    pub dns_names: Vec<String>,
+    der: CertificateDer<'static>,
 }
 
 impl LeafFacts {
     /// `None` when the certificate does not parse.
     pub fn read(der: &CertificateDer<'_>) -> Option<LeafFacts> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-        let not_after = DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
-        let dns_names = cert
+        let not_after = DateTime::from_timestamp(validity(der)?.1, 0)?;
+        Some(LeafFacts {
+            not_after,
+            der: der.clone().into_owned(),
+        })
+    }
+
+    /// The `details` of a `tls` heartbeat: subject, issuer and the subjectAltName's
+    /// DNS names.
+    pub fn to_details(&self) -> Option<serde_json::Value> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.der.as_ref()).ok()?;
+        let dns_names: Vec<String> = cert
             .subject_alternative_name()
             .ok()
             .flatten()
@@ -37,21 +45,11 @@ impl LeafFacts {
                     .collect()
             })
             .unwrap_or_default();
-        Some(LeafFacts {
-            not_after,
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
-            dns_names,
-        })
-    }
-
-    /// The `details` of a `tls` heartbeat.
-    pub fn to_details(&self) -> serde_json::Value {
-        json!({
-            "subject": self.subject,
-            "issuer": self.issuer,
-            "dns_names": self.dns_names,
-        })
+        Some(json!({
+            "subject": cert.subject().to_string(),
+            "issuer": cert.issuer().to_string(),
+            "dns_names": dns_names,
+        }))
     }
 }
 

@@ -147,7 +147,7 @@ fn judge(monitor: &Monitor, seen: &Observation, total_ms: f64) -> Result<(), Fai
         body: seen.body.as_deref(),
         total_ms,
         ttfb_ms: seen.timings.phases().ttfb_ms,
-        cert_expires_at: seen.leaf().map(|leaf| leaf.not_after),
+        cert_expires_at: seen.cert_not_after(),
         now: chrono::Utc::now(),
     };
     monitor

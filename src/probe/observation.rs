@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use http::HeaderMap;
 
 use super::certificate::LeafFacts;
@@ -64,8 +65,18 @@ impl Observation {
         }
     }
 
-    pub fn leaf(&self) -> Option<LeafFacts> {
-        self.leaf.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// When the server's leaf certificate expires, if one was presented.
+    pub fn cert_not_after(&self) -> Option<DateTime<Utc>> {
+        self.leaf_facts(|leaf| leaf.not_after)
+    }
+
+    /// `read` applied to the recorded leaf certificate, without copying it.
+    pub fn leaf_facts<T>(&self, read: impl FnOnce(&LeafFacts) -> T) -> Option<T> {
+        self.leaf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(read)
     }
 
     /// The failure of a probe whose deadline passed in the current phase.
@@ -132,7 +143,7 @@ impl Observation {
                 .collect();
             (!kept.is_empty()).then_some(kept)
         });
-        let tls_cert_expires_at = self.leaf().map(|leaf| leaf.not_after);
+        let tls_cert_expires_at = self.cert_not_after();
         ProbeReport {
             status,
             http_status: self.http_status,

@@ -174,7 +174,6 @@ fn host_and_port(
 /// Another kind sends no HTTP request: HTTP settings that differ from their defaults
 /// are a mistake worth saying, not something to ignore.
 fn no_http_request(spec: &MonitorSpec) -> Result<(), InvalidMonitor> {
-    let defaults = MonitorSpec::default();
     let set = [
         ("method", !spec.method.trim().eq_ignore_ascii_case("GET")),
         ("headers", !spec.headers.is_empty()),
@@ -193,10 +192,8 @@ fn no_http_request(spec: &MonitorSpec) -> Result<(), InvalidMonitor> {
             "expected_status",
             !matches!(spec.expected_status.trim(), "" | "200-399"),
         ),
-        (
-            "follow_redirects",
-            spec.follow_redirects != defaults.follow_redirects,
-        ),
+        // Redirects are followed by default.
+        ("follow_redirects", !spec.follow_redirects),
     ];
     match set.iter().find(|(_, differs)| *differs) {
         Some((field, _)) => Err(invalid(

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use url::{Host, Url};
 
 use super::{host_and_port, settings_of};
+use crate::probe::certificate::LeafFacts;
 use crate::probe::monitor::{invalid, MonitorSpec};
 use crate::probe::observation::Observation;
 use crate::probe::timings::Phase;
@@ -89,7 +90,7 @@ pub(crate) async fn probe(
         .tls
         .handshake_timed(tcp, server_name, monitor.verify_tls, seen)
         .await?;
-    seen.details = seen.leaf().map(|leaf| leaf.to_details());
+    seen.details = seen.leaf_facts(LeafFacts::to_details).flatten();
     Ok(())
 }
 
