@@ -10,7 +10,10 @@ use vantage::telemetry::{self, LogFormat};
 /// mimalloc instead of glibc's malloc: a probe makes hundreds of short-lived
 /// allocations (TLS records, HTTP/2 frames, hyper's buffers), often freed on another
 /// worker thread; with mimalloc a probe costs about 10 % less CPU (BENCHMARKS.md,
-/// "Probe cost").
+/// "Probe cost"). Built without transparent huge pages (`no_thp`, and the process opts
+/// out in `main`): mimalloc would advise huge pages for its arenas, and each touched
+/// 2 MiB then counts whole in RSS — 24 of 57 MB with 10,000 monitors (BENCHMARKS.md,
+/// "Where the memory goes").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -89,6 +92,10 @@ impl Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Also on hosts whose THP setting is `always` (not only `madvise`): a small heap
+    // spread over huge pages costs megabytes of RSS and saves nothing measurable.
+    // SAFETY: prctl with integer arguments only; failure leaves the host's setting.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let cli = Cli::parse();
     telemetry::init(cli.log_format, cli.command.default_log_level());
     let result = match cli.command {
