@@ -441,6 +441,12 @@ impl Assertions {
         self.0.push(assertion);
     }
 
+    /// Gives back the room `push` reserved ahead: a monitor keeps its assertions for its
+    /// whole life, and a `Vec` grown by one push holds four.
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Assertion> {
         self.0.iter()
     }

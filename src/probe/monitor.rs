@@ -370,6 +370,7 @@ fn judged_by(spec: &MonitorSpec) -> Result<Assertions, InvalidMonitor> {
     for assertion in spec.assertions.iter() {
         all.push(assertion.clone());
     }
+    all.shrink_to_fit();
     Ok(all)
 }
 

@@ -61,7 +61,9 @@ pub(crate) struct DnsTarget {
     fqdn: String,
     record_type: RecordType,
     /// A resolver of its own when the monitor names a server; else the prober's.
-    server: Option<(SocketAddr, TokioResolver)>,
+    /// Boxed: a resolver is hundreds of bytes, and the `Target` enum is as large as its
+    /// largest kind, so inline it would cost every monitor of every kind that much.
+    server: Option<Box<(SocketAddr, TokioResolver)>>,
     answers: Vec<String>,
     expected: Expected,
 }
@@ -71,7 +73,7 @@ impl fmt::Debug for DnsTarget {
         f.debug_struct("DnsTarget")
             .field("fqdn", &self.fqdn)
             .field("type", &self.record_type)
-            .field("server", &self.server.as_ref().map(|(addr, _)| addr))
+            .field("server", &self.server.as_deref().map(|(addr, _)| addr))
             .field("answers", &self.answers)
             .field("expected", &self.expected)
             .finish()
@@ -126,7 +128,7 @@ impl DnsTarget {
                     }
                     let resolver = build_resolver(Some(&addr))
                         .map_err(|err| invalid("url", format!("server={value}: {err}")))?;
-                    server = Some((addr[0], resolver));
+                    server = Some(Box::new((addr[0], resolver)));
                 }
                 other => {
                     return Err(invalid(
@@ -179,7 +181,7 @@ pub(crate) async fn probe(
     dns: &DnsTarget,
     seen: &mut Observation,
 ) -> Result<(), Failure> {
-    let resolver = match &dns.server {
+    let resolver = match dns.server.as_deref() {
         Some((addr, resolver)) => {
             seen.remote_ip = Some(addr.ip());
             resolver
@@ -309,7 +311,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.record_type, RecordType::MX);
         assert_eq!(ok.fqdn, "example.com.");
-        assert_eq!(ok.server.as_ref().map(|(a, _)| a.port()), Some(5353));
+        assert_eq!(ok.server.as_deref().map(|(a, _)| a.port()), Some(5353));
         let err = DnsTarget::new(&spec("dns://example.com?type=PTR", json!({}))).unwrap_err();
         assert!(
             err.to_string().contains("type=PTR is not supported"),

@@ -32,10 +32,12 @@ use crate::probe::{ErrorKind, Failure, InvalidMonitor, IpFamily, Monitor, Prober
 pub(crate) struct HttpTarget {
     method: Method,
     url: Url,
-    headers: HeaderMap,
+    /// In the order given; a slice, not a `HeaderMap`, which is 96 bytes even when empty
+    /// (most monitors send no header of their own, and every monitor is held for good).
+    headers: Box<[(HeaderName, HeaderValue)]>,
     /// Secret header names beyond [`ALWAYS_SECRET`] (usually none: an empty list holds
     /// no memory, where a set of the three standard names cost every monitor ~200 bytes).
-    secret: Vec<HeaderName>,
+    secret: Box<[HeaderName]>,
     body: Option<Bytes>,
     follow_redirects: bool,
     max_redirects: u32,
@@ -43,7 +45,7 @@ pub(crate) struct HttpTarget {
     pub(crate) max_body_bytes: usize,
     pub(crate) redirect_policy: RedirectPolicy,
     /// Response headers kept with the heartbeat, lower-case.
-    pub(crate) capture_headers: Vec<String>,
+    pub(crate) capture_headers: Box<[String]>,
 }
 
 impl fmt::Debug for HttpTarget {
@@ -105,7 +107,7 @@ impl HttpTarget {
                 secret.push(name);
             }
         }
-        let mut headers = HeaderMap::new();
+        let mut headers = Vec::with_capacity(spec.headers.len());
         for (name, value) in &spec.headers {
             let header = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
                 invalid(
@@ -122,7 +124,7 @@ impl HttpTarget {
             if is_secret(&secret, &header) {
                 header_value.set_sensitive(true);
             }
-            headers.append(header, header_value);
+            headers.push((header, header_value));
         }
 
         check_ip_family(&url, ip_family).map_err(|p| invalid("url", p))?;
@@ -148,15 +150,15 @@ impl HttpTarget {
         Ok(HttpTarget {
             method,
             url,
-            headers,
-            secret,
+            headers: headers.into(),
+            secret: secret.into(),
             body: spec.body.clone().map(Bytes::from),
             follow_redirects: spec.follow_redirects,
             max_redirects: spec.max_redirects,
             capture_body_bytes: spec.capture_body_bytes,
             max_body_bytes: spec.max_body_bytes,
             redirect_policy,
-            capture_headers,
+            capture_headers: capture_headers.into(),
         })
     }
 
@@ -267,7 +269,7 @@ pub(crate) async fn probe(
     let mut hop = HopRequest {
         url: http.url.clone(),
         method: http.method.clone(),
-        headers: http.headers.clone(),
+        headers: http.headers.iter().cloned().collect(),
         body: http.body.clone(),
     };
     let mut visited: HashSet<String> = HashSet::new();
