@@ -37,7 +37,7 @@
 //! it calls the dispatch function it was given and stops when its token is cancelled.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -364,12 +364,15 @@ where
         }
     }
 
-    /// When the scheduler starts, a slot that passed at most `window` ago is still fired
-    /// (late, and its lag says so) instead of waiting for the next one. This closes the gap
-    /// of a leader hand-over: the slot that fell between the old leader's last dispatch and
-    /// the new leader's first is probed once more by the new leader; heartbeats are keyed by
-    /// slot, so if the old leader did probe it, the second row is ignored. Keep the window
-    /// short: every monitor whose slot falls in it fires at once.
+    /// When the scheduler starts, a slot that passed at most `window` ago is still fired,
+    /// `window` after its time, as a replay (its lag is the gap, not punctuality), instead
+    /// of waiting for the next one. This closes the gap of a leader hand-over: the slot
+    /// that fell between the old leader's last dispatch and the new leader's first is
+    /// probed once more by the new leader; heartbeats are keyed by slot, so if the old
+    /// leader did probe it, the second row is ignored. Each such slot keeps its distance
+    /// from the others, so the window's slots arrive as spread out as they were due: a new
+    /// leader of 10,000 monitors every 10 s does not start a second's worth of probes (and
+    /// hold their buffers) at once.
     pub fn with_catch_up(mut self, window: Duration) -> Self {
         self.catch_up = window;
         self
@@ -418,7 +421,8 @@ where
                     None => return,
                     Some(Update::Replace(entries)) => {
                         generation += 1;
-                        self.apply(entries, generation, catch_up, &mut monitors, &mut due);
+                        let queues = (&mut due, &mut replays);
+                        self.apply(entries, generation, catch_up, &mut monitors, queues);
                         // Only the set the scheduler starts with catches up; monitors added
                         // later begin at their next slot.
                         catch_up = Duration::ZERO;
@@ -542,43 +546,55 @@ where
         }
     }
 
+    /// Brings the plan in line with `entries`, in place: a second map of every monitor
+    /// would double the scheduler's memory at every reload. A monitor whose cadence is
+    /// unchanged keeps its place in the queues; a new or re-timed one is planned afresh.
     fn apply(
         &self,
         entries: Vec<ScheduleEntry<T>>,
         generation: u64,
         catch_up: Duration,
         monitors: &mut HashMap<i32, Planned<T>>,
-        due: &mut DueQueue,
+        (due, replays): (&mut DueQueue, &mut ReplayQueue),
     ) {
         let now = self.clock.now();
-        let mut next = HashMap::with_capacity(entries.len());
-        for entry in entries {
-            let planned = match monitors.remove(&entry.monitor_id) {
-                Some(old) if old.cadence == entry.cadence => Planned {
-                    payload: entry.payload,
-                    ..old
-                },
-                _ => {
-                    let recent = entry
-                        .cadence
-                        .last_slot_at_or_before(entry.monitor_id, now)
-                        .filter(|slot| (now - *slot).to_std().is_ok_and(|ago| ago <= catch_up));
-                    let first =
-                        recent.or_else(|| entry.cadence.next_slot_after(entry.monitor_id, now));
-                    if let Some(slot) = first {
-                        due.push(Reverse((slot, entry.monitor_id, generation)));
-                    }
-                    Planned {
-                        cadence: entry.cadence,
-                        payload: entry.payload,
-                        generation,
-                        first_slot: first,
-                    }
-                }
+        let started = Instant::now();
+        let listed: HashSet<i32> = entries.iter().map(|entry| entry.monitor_id).collect();
+        monitors.retain(|monitor_id, _| listed.contains(monitor_id));
+        drop(listed);
+        for ScheduleEntry {
+            monitor_id,
+            cadence,
+            payload,
+        } in entries
+        {
+            if let Some(kept) = monitors
+                .get_mut(&monitor_id)
+                .filter(|old| old.cadence == cadence)
+            {
+                kept.payload = payload;
+                continue;
+            }
+            let recent = cadence
+                .last_slot_at_or_before(monitor_id, now)
+                .and_then(|slot| Some((slot, (now - slot).to_std().ok()?)))
+                .filter(|(_, ago)| *ago <= catch_up);
+            if let Some((slot, ago)) = recent {
+                let at = started + (catch_up - ago);
+                replays.push(Reverse((at, slot, monitor_id, generation)));
+            }
+            let next = cadence.next_slot_after(monitor_id, now);
+            if let Some(next) = next {
+                due.push(Reverse((next, monitor_id, generation)));
+            }
+            let planned = Planned {
+                cadence,
+                payload,
+                generation,
+                first_slot: recent.map(|(slot, _)| slot).or(next),
             };
-            next.insert(entry.monitor_id, planned);
+            monitors.insert(monitor_id, planned);
         }
-        *monitors = next;
         // Removed and re-timed monitors leave stale queue entries behind; they are dropped
         // when they surface. Rebuild only when they would dominate the queue.
         if due.len() > 2 * monitors.len() + 64 {
@@ -941,7 +957,12 @@ mod tests {
         let clock = TestClock::starting_at(START);
         let scheduler = Scheduler::new(4, TaskTracker::new(), move |fire: Fire<()>| {
             let recorded = recorded.clone();
-            async move { recorded.lock().unwrap().push((fire.slot, fire.lag)) }
+            async move {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((fire.slot, fire.lag, fire.catch_up))
+            }
         })
         .with_catch_up(Duration::from_secs(10))
         .with_clock(clock.clone());
@@ -954,24 +975,71 @@ mod tests {
         let started = clock.now();
         let stop = CancellationToken::new();
         let run = tokio::spawn(scheduler.run(stop.clone()));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(10_200)).await;
         stop.cancel();
         run.await.unwrap();
 
         let passed = cadence.last_slot_at_or_before(42, started).unwrap();
         let next = cadence.next_slot_after(42, started).unwrap();
-        assert!(
-            next - started > chrono::Duration::milliseconds(200),
-            "{next}"
+        let mut fires = fires.lock().unwrap().clone();
+        // Both are due at the same instant: the replay one window late, the next on time.
+        fires.sort_by_key(|(slot, ..)| *slot);
+        assert_eq!(
+            fires.len(),
+            2,
+            "the slot that passed, and the next: {fires:?}"
         );
-        let fires = fires.lock().unwrap().clone();
-        assert_eq!(fires.len(), 1, "{fires:?}");
-        let (slot, lag) = fires[0];
-        assert_eq!(slot, passed, "the slot that just passed");
+        let (slot, lag, catch_up) = fires[0];
+        assert_eq!(slot, passed, "the slot that just passed: {fires:?}");
+        assert!(catch_up, "fired as a replay: {fires:?}");
+        let window = Duration::from_secs(10);
         assert!(
-            lag >= (started - slot).to_std().unwrap(),
-            "its lag is honest: {lag:?}"
+            lag >= window && lag < window + Duration::from_millis(50),
+            "fired one window after its time, and its lag says so: {lag:?}"
         );
+        assert_eq!(fires[1].0, next, "the next slot on its own time: {fires:?}");
+        assert!(!fires[1].2, "{fires:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slots_a_starting_scheduler_catches_up_keep_their_spacing() {
+        let fired_at = Arc::new(Mutex::new(Vec::new()));
+        let recorded = fired_at.clone();
+        let scheduler = Scheduler::new(1024, TaskTracker::new(), move |fire: Fire<()>| {
+            if fire.catch_up {
+                recorded.lock().unwrap().push(Instant::now());
+            }
+            std::future::ready(())
+        })
+        .with_catch_up(Duration::from_secs(1))
+        .with_clock(TestClock::starting_at(START));
+        // 1,000 monitors every second: each one's last slot passed within the window.
+        scheduler
+            .handle()
+            .replace_all((1..=1_000).map(every_second).collect());
+        let started = Instant::now();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(scheduler.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        stop.cancel();
+        run.await.unwrap();
+
+        let fired_at = fired_at.lock().unwrap().clone();
+        assert_eq!(fired_at.len(), 1_000, "every slot that passed is replayed");
+        // At once, they would all start in the first tick; spread like their slots, each
+        // tenth of the second holds about a tenth of them.
+        for tenth in 0..10u32 {
+            let from = started + Duration::from_millis(100) * tenth;
+            let to = from + Duration::from_millis(100);
+            let in_tenth = fired_at
+                .iter()
+                .filter(|at| **at >= from && **at < to)
+                .count();
+            assert!(
+                (50..=150).contains(&in_tenth),
+                "{in_tenth} replays in tenth {tenth} of the window"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
