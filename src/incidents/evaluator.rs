@@ -437,7 +437,7 @@ async fn load_config(
                 row.id,
                 MonitorConfig {
                     id: row.id,
-                    name: row.name,
+                    name: row.name.into_boxed_str(),
                     policy: Policy {
                         failure_threshold: to_u32(row.failure_threshold),
                         recovery_threshold: to_u32(row.recovery_threshold),
@@ -445,9 +445,12 @@ async fn load_config(
                         alert_on_degraded: row.alert_on_degraded,
                     },
                     period,
-                    tags: row.tags,
+                    tags: row.tags.into_boxed_slice(),
                     mute_until: row.mute_until,
-                    datacenters: assigned.remove(&row.id).unwrap_or_default(),
+                    datacenters: assigned
+                        .remove(&row.id)
+                        .unwrap_or_default()
+                        .into_boxed_slice(),
                 },
             ))
         })
