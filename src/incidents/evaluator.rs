@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
@@ -391,6 +392,42 @@ struct MonitorRow {
     tags: Vec<String>,
     interval_seconds: Option<i32>,
     cron: Option<String>,
+    datacenters: Vec<i32>,
+}
+
+/// One period per schedule shape: interval grids differ per monitor only by their
+/// offset, cron not at all.
+type Periods = HashMap<(Option<i32>, Option<String>), Duration>;
+
+impl MonitorRow {
+    /// `None` for a schedule the runners cannot use (they skip and log it too).
+    fn into_config(self, periods: &mut Periods, now: DateTime<Utc>) -> Option<MonitorConfig> {
+        let period = match periods.get(&(self.interval_seconds, self.cron.clone())) {
+            Some(period) => *period,
+            None => {
+                let cadence =
+                    Cadence::from_parts(self.interval_seconds, self.cron.as_deref()).ok()?;
+                let period = MonitorConfig::period_of(&cadence, self.id, now);
+                periods.insert((self.interval_seconds, self.cron), period);
+                period
+            }
+        };
+        let to_u32 = |v: i32| u32::try_from(v).unwrap_or(1).max(1);
+        Some(MonitorConfig {
+            id: self.id,
+            name: self.name.into_boxed_str(),
+            policy: Policy {
+                failure_threshold: to_u32(self.failure_threshold),
+                recovery_threshold: to_u32(self.recovery_threshold),
+                quorum: self.quorum.map(to_u32),
+                alert_on_degraded: self.alert_on_degraded,
+            },
+            period,
+            tags: self.tags.into_boxed_slice(),
+            mute_until: self.mute_until,
+            datacenters: self.datacenters.into_boxed_slice(),
+        })
+    }
 }
 
 /// Monitors (enabled, with a usable schedule), their assignments, datacenters and the
@@ -400,61 +437,7 @@ async fn load_config(
     state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let rows: Vec<MonitorRow> = sqlx::query_as(
-        "SELECT m.id, m.name, m.failure_threshold, m.recovery_threshold, m.quorum, \
-                m.alert_on_degraded, m.mute_until, m.tags, s.interval_seconds, s.cron \
-         FROM api_monitors m JOIN schedules s ON s.id = m.schedule_id WHERE m.enabled",
-    )
-    .fetch_all(pool)
-    .await?;
-    let assignments: Vec<(i32, i32)> =
-        sqlx::query_as("SELECT monitor_id, datacenter_id FROM monitor_assignments")
-            .fetch_all(pool)
-            .await?;
-    let mut assigned: HashMap<i32, Vec<i32>> = HashMap::new();
-    for (monitor, dc) in assignments {
-        assigned.entry(monitor).or_default().push(dc);
-    }
-    let mut periods: HashMap<(Option<i32>, Option<String>), Duration> = HashMap::new();
-    state.monitors = rows
-        .into_iter()
-        .filter_map(|row| {
-            // Interval grids differ per monitor only by their offset, cron not at all:
-            // one period per schedule shape is enough.
-            let period = match periods.get(&(row.interval_seconds, row.cron.clone())) {
-                Some(period) => *period,
-                None => {
-                    // A schedule the runners cannot use is skipped (and logged) by them too.
-                    let cadence =
-                        Cadence::from_parts(row.interval_seconds, row.cron.as_deref()).ok()?;
-                    let period = MonitorConfig::period_of(&cadence, row.id, now);
-                    periods.insert((row.interval_seconds, row.cron.clone()), period);
-                    period
-                }
-            };
-            let to_u32 = |v: i32| u32::try_from(v).unwrap_or(1).max(1);
-            Some((
-                row.id,
-                MonitorConfig {
-                    id: row.id,
-                    name: row.name.into_boxed_str(),
-                    policy: Policy {
-                        failure_threshold: to_u32(row.failure_threshold),
-                        recovery_threshold: to_u32(row.recovery_threshold),
-                        quorum: row.quorum.map(to_u32),
-                        alert_on_degraded: row.alert_on_degraded,
-                    },
-                    period,
-                    tags: row.tags.into_boxed_slice(),
-                    mute_until: row.mute_until,
-                    datacenters: assigned
-                        .remove(&row.id)
-                        .unwrap_or_default()
-                        .into_boxed_slice(),
-                },
-            ))
-        })
-        .collect();
+    load_monitors(pool, &mut state.monitors, now).await?;
     let datacenters: Vec<(i32, String)> = sqlx::query_as("SELECT id, code FROM datacenters")
         .fetch_all(pool)
         .await?;
@@ -478,6 +461,38 @@ async fn load_config(
     .bind(now)
     .fetch_all(pool)
     .await?;
+    Ok(())
+}
+
+/// Updates `monitors` in place from one streamed query (assignments folded in), so a
+/// reload holds the map and one row, not every row and a second map beside the first.
+/// An error midway leaves the map half updated; the evaluation then stops and the next
+/// one rebuilds its state from scratch.
+async fn load_monitors(
+    pool: &PgPool,
+    monitors: &mut HashMap<i32, MonitorConfig>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, MonitorRow>(
+        "SELECT m.id, m.name, m.failure_threshold, m.recovery_threshold, m.quorum, \
+                m.alert_on_degraded, m.mute_until, m.tags, s.interval_seconds, s.cron, \
+                coalesce(a.datacenters, '{}') AS datacenters \
+         FROM api_monitors m JOIN schedules s ON s.id = m.schedule_id \
+         LEFT JOIN (SELECT monitor_id, array_agg(datacenter_id) AS datacenters \
+                    FROM monitor_assignments GROUP BY monitor_id) a ON a.monitor_id = m.id \
+         WHERE m.enabled",
+    )
+    .fetch(pool);
+    let mut periods = Periods::new();
+    let mut seen = Vec::with_capacity(monitors.len());
+    while let Some(row) = rows.try_next().await? {
+        if let Some(monitor) = row.into_config(&mut periods, now) {
+            seen.push(monitor.id);
+            monitors.insert(monitor.id, monitor);
+        }
+    }
+    seen.sort_unstable();
+    monitors.retain(|id, _| seen.binary_search(id).is_ok());
     Ok(())
 }
 
