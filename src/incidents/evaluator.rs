@@ -246,12 +246,8 @@ impl Evaluation {
         let horizon = snapshot_horizon(&mut tx).await?;
         state.stored = load_stored_flags(&mut tx).await?;
         state.open = load_open_incidents(&mut tx).await?;
-        let replayed = replay_recent(&mut tx, &state, now).await?;
+        let heartbeats = replay_recent(&mut tx, &mut state, now).await?;
         tx.commit().await?;
-        let heartbeats = replayed.len();
-        for row in replayed {
-            state.observe(row.into());
-        }
         tracing::debug!(
             config_ms = config_loaded.as_millis() as u64,
             replay_ms = (started.elapsed() - config_loaded).as_millis() as u64,
@@ -290,20 +286,24 @@ impl Evaluation {
     async fn tick(&mut self) -> Result<usize, EvaluationError> {
         let mut tx = begin_snapshot(&self.pool).await?;
         let next = snapshot_horizon(&mut tx).await?;
-        let rows: Vec<HeartbeatRow> = sqlx::query_as(&format!(
+        let query = format!(
             "SELECT {HEARTBEAT_COLUMNS} FROM api_heartbeats \
              WHERE ingest_xid >= $1 OR ingest_xid = ANY($2) ORDER BY scheduled_at"
-        ))
-        .bind(self.horizon.xmax)
-        .bind(&self.horizon.in_progress)
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        // Folded in as they arrive: an error midway ends this evaluation, and the next
+        // one rebuilds its state from the database, so half a read is never decided on.
+        let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+            .bind(self.horizon.xmax)
+            .bind(&self.horizon.in_progress)
+            .fetch(&mut *tx);
+        let mut read = 0;
+        while let Some(row) = rows.try_next().await? {
+            self.state.observe(row.into());
+            read += 1;
+        }
+        drop(rows);
         tx.commit().await?;
         self.horizon = next;
-        let read = rows.len();
-        for row in rows {
-            self.state.observe(row.into());
-        }
         let now = Utc::now();
         let full = self
             .decided_fully
@@ -499,14 +499,12 @@ async fn load_monitors(
 async fn load_stored_flags(
     conn: &mut PgConnection,
 ) -> Result<HashMap<(i32, i32), StoredFlags>, sqlx::Error> {
-    let rows: Vec<(i32, i32, bool, bool, DateTime<Utc>)> = sqlx::query_as(
+    sqlx::query_as(
         "SELECT monitor_id, datacenter_id, failing, degraded, changed_at FROM monitor_dc_state",
     )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(monitor, dc, failing, degraded, changed_at)| {
+    .fetch(conn)
+    .map_ok(
+        |(monitor, dc, failing, degraded, changed_at): (i32, i32, bool, bool, DateTime<Utc>)| {
             (
                 (monitor, dc),
                 StoredFlags {
@@ -515,8 +513,10 @@ async fn load_stored_flags(
                     changed_at: Some(changed_at),
                 },
             )
-        })
-        .collect())
+        },
+    )
+    .try_collect()
+    .await
 }
 
 async fn load_open_incidents(
@@ -563,12 +563,13 @@ struct OpenIncidentRow {
 /// The last few heartbeats of every monitor in every datacenter it runs in: enough to
 /// rebuild each streak on top of its stored flag. The larger threshold covers a flag
 /// raised and not yet stored (flags are stored within a tick, 250 ms, of the heartbeat
-/// that raised them, far less than a slot); one more slot is the margin. Oldest first.
+/// that raised them, far less than a slot); one more slot is the margin. Oldest first,
+/// folded into `state` as they arrive. Returns how many were replayed.
 async fn replay_recent(
     conn: &mut PgConnection,
-    state: &State,
+    state: &mut State,
     now: DateTime<Utc>,
-) -> Result<Vec<HeartbeatRow>, sqlx::Error> {
+) -> Result<usize, sqlx::Error> {
     let mut monitors = Vec::new();
     let mut datacenters = Vec::new();
     let mut limits = Vec::new();
@@ -588,7 +589,7 @@ async fn replay_recent(
             since.push(from);
         }
     }
-    sqlx::query_as(&format!(
+    let query = format!(
         "SELECT {HEARTBEAT_COLUMNS} FROM ( \
            SELECT h.* FROM unnest($1::int[], $2::int[], $3::int[], $4::timestamptz[]) \
                 AS a(monitor_id, datacenter_id, slots, since) \
@@ -599,16 +600,22 @@ async fn replay_recent(
                AND h.scheduled_at > a.since AND h.scheduled_at <= $5 \
              ORDER BY h.scheduled_at DESC LIMIT a.slots) h \
          ) recent ORDER BY scheduled_at"
-    ))
-    .bind(&monitors)
-    .bind(&datacenters)
-    .bind(&limits)
-    .bind(&since)
-    // An upper bound too, so each lookup prunes the partitions created ahead (slots
-    // are never in the future).
-    .bind(now + chrono::Duration::minutes(1))
-    .fetch_all(conn)
-    .await
+    );
+    let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+        .bind(&monitors)
+        .bind(&datacenters)
+        .bind(&limits)
+        .bind(&since)
+        // An upper bound too, so each lookup prunes the partitions created ahead (slots
+        // are never in the future).
+        .bind(now + chrono::Duration::minutes(1))
+        .fetch(conn);
+    let mut replayed = 0;
+    while let Some(row) = rows.try_next().await? {
+        state.observe(row.into());
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// Writes one tick's changes atomically, under the fencing check. Returns the ids of
