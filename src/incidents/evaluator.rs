@@ -570,10 +570,11 @@ async fn replay_recent(
     state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
-    let mut monitors = Vec::new();
-    let mut datacenters = Vec::new();
-    let mut limits = Vec::new();
-    let mut since = Vec::new();
+    let pairs = state.monitors.values().map(|m| m.datacenters.len()).sum();
+    let mut monitors = Vec::with_capacity(pairs);
+    let mut datacenters = Vec::with_capacity(pairs);
+    let mut limits = Vec::with_capacity(pairs);
+    let mut since = Vec::with_capacity(pairs);
     for monitor in state.monitors.values() {
         let slots = monitor
             .policy
@@ -601,11 +602,12 @@ async fn replay_recent(
              ORDER BY h.scheduled_at DESC LIMIT a.slots) h \
          ) recent ORDER BY scheduled_at"
     );
+    // Bound by value: each array is freed once encoded, before the query is sent.
     let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
-        .bind(&monitors)
-        .bind(&datacenters)
-        .bind(&limits)
-        .bind(&since)
+        .bind(monitors)
+        .bind(datacenters)
+        .bind(limits)
+        .bind(since)
         // An upper bound too, so each lookup prunes the partitions created ahead (slots
         // are never in the future).
         .bind(now + chrono::Duration::minutes(1))
