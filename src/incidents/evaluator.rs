@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
@@ -245,12 +246,8 @@ impl Evaluation {
         let horizon = snapshot_horizon(&mut tx).await?;
         state.stored = load_stored_flags(&mut tx).await?;
         state.open = load_open_incidents(&mut tx).await?;
-        let replayed = replay_recent(&mut tx, &state, now).await?;
+        let heartbeats = replay_recent(&mut tx, &mut state, now).await?;
         tx.commit().await?;
-        let heartbeats = replayed.len();
-        for row in replayed {
-            state.observe(row.into());
-        }
         tracing::debug!(
             config_ms = config_loaded.as_millis() as u64,
             replay_ms = (started.elapsed() - config_loaded).as_millis() as u64,
@@ -289,20 +286,24 @@ impl Evaluation {
     async fn tick(&mut self) -> Result<usize, EvaluationError> {
         let mut tx = begin_snapshot(&self.pool).await?;
         let next = snapshot_horizon(&mut tx).await?;
-        let rows: Vec<HeartbeatRow> = sqlx::query_as(&format!(
+        let query = format!(
             "SELECT {HEARTBEAT_COLUMNS} FROM api_heartbeats \
              WHERE ingest_xid >= $1 OR ingest_xid = ANY($2) ORDER BY scheduled_at"
-        ))
-        .bind(self.horizon.xmax)
-        .bind(&self.horizon.in_progress)
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        // Folded in as they arrive: an error midway ends this evaluation, and the next
+        // one rebuilds its state from the database, so half a read is never decided on.
+        let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+            .bind(self.horizon.xmax)
+            .bind(&self.horizon.in_progress)
+            .fetch(&mut *tx);
+        let mut read = 0;
+        while let Some(row) = rows.try_next().await? {
+            self.state.observe(row.into());
+            read += 1;
+        }
+        drop(rows);
         tx.commit().await?;
         self.horizon = next;
-        let read = rows.len();
-        for row in rows {
-            self.state.observe(row.into());
-        }
         let now = Utc::now();
         let full = self
             .decided_fully
@@ -391,6 +392,42 @@ struct MonitorRow {
     tags: Vec<String>,
     interval_seconds: Option<i32>,
     cron: Option<String>,
+    datacenters: Vec<i32>,
+}
+
+/// One period per schedule shape: interval grids differ per monitor only by their
+/// offset, cron not at all.
+type Periods = HashMap<(Option<i32>, Option<String>), Duration>;
+
+impl MonitorRow {
+    /// `None` for a schedule the runners cannot use (they skip and log it too).
+    fn into_config(self, periods: &mut Periods, now: DateTime<Utc>) -> Option<MonitorConfig> {
+        let period = match periods.get(&(self.interval_seconds, self.cron.clone())) {
+            Some(period) => *period,
+            None => {
+                let cadence =
+                    Cadence::from_parts(self.interval_seconds, self.cron.as_deref()).ok()?;
+                let period = MonitorConfig::period_of(&cadence, self.id, now);
+                periods.insert((self.interval_seconds, self.cron), period);
+                period
+            }
+        };
+        let to_u32 = |v: i32| u32::try_from(v).unwrap_or(1).max(1);
+        Some(MonitorConfig {
+            id: self.id,
+            name: self.name.into_boxed_str(),
+            policy: Policy {
+                failure_threshold: to_u32(self.failure_threshold),
+                recovery_threshold: to_u32(self.recovery_threshold),
+                quorum: self.quorum.map(to_u32),
+                alert_on_degraded: self.alert_on_degraded,
+            },
+            period,
+            tags: self.tags.into_boxed_slice(),
+            mute_until: self.mute_until,
+            datacenters: self.datacenters.into_boxed_slice(),
+        })
+    }
 }
 
 /// Monitors (enabled, with a usable schedule), their assignments, datacenters and the
@@ -400,58 +437,7 @@ async fn load_config(
     state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let rows: Vec<MonitorRow> = sqlx::query_as(
-        "SELECT m.id, m.name, m.failure_threshold, m.recovery_threshold, m.quorum, \
-                m.alert_on_degraded, m.mute_until, m.tags, s.interval_seconds, s.cron \
-         FROM api_monitors m JOIN schedules s ON s.id = m.schedule_id WHERE m.enabled",
-    )
-    .fetch_all(pool)
-    .await?;
-    let assignments: Vec<(i32, i32)> =
-        sqlx::query_as("SELECT monitor_id, datacenter_id FROM monitor_assignments")
-            .fetch_all(pool)
-            .await?;
-    let mut assigned: HashMap<i32, Vec<i32>> = HashMap::new();
-    for (monitor, dc) in assignments {
-        assigned.entry(monitor).or_default().push(dc);
-    }
-    let mut periods: HashMap<(Option<i32>, Option<String>), Duration> = HashMap::new();
-    state.monitors = rows
-        .into_iter()
-        .filter_map(|row| {
-            // Interval grids differ per monitor only by their offset, cron not at all:
-            // one period per schedule shape is enough.
-            let period = match periods.get(&(row.interval_seconds, row.cron.clone())) {
-                Some(period) => *period,
-                None => {
-                    // A schedule the runners cannot use is skipped (and logged) by them too.
-                    let cadence =
-                        Cadence::from_parts(row.interval_seconds, row.cron.as_deref()).ok()?;
-                    let period = MonitorConfig::period_of(&cadence, row.id, now);
-                    periods.insert((row.interval_seconds, row.cron.clone()), period);
-                    period
-                }
-            };
-            let to_u32 = |v: i32| u32::try_from(v).unwrap_or(1).max(1);
-            Some((
-                row.id,
-                MonitorConfig {
-                    id: row.id,
-                    name: row.name,
-                    policy: Policy {
-                        failure_threshold: to_u32(row.failure_threshold),
-                        recovery_threshold: to_u32(row.recovery_threshold),
-                        quorum: row.quorum.map(to_u32),
-                        alert_on_degraded: row.alert_on_degraded,
-                    },
-                    period,
-                    tags: row.tags,
-                    mute_until: row.mute_until,
-                    datacenters: assigned.remove(&row.id).unwrap_or_default(),
-                },
-            ))
-        })
-        .collect();
+    load_monitors(pool, &mut state.monitors, now).await?;
     let datacenters: Vec<(i32, String)> = sqlx::query_as("SELECT id, code FROM datacenters")
         .fetch_all(pool)
         .await?;
@@ -478,17 +464,47 @@ async fn load_config(
     Ok(())
 }
 
+/// Updates `monitors` in place from one streamed query (assignments folded in), so a
+/// reload holds the map and one row, not every row and a second map beside the first.
+/// An error midway leaves the map half updated; the evaluation then stops and the next
+/// one rebuilds its state from scratch.
+async fn load_monitors(
+    pool: &PgPool,
+    monitors: &mut HashMap<i32, MonitorConfig>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, MonitorRow>(
+        "SELECT m.id, m.name, m.failure_threshold, m.recovery_threshold, m.quorum, \
+                m.alert_on_degraded, m.mute_until, m.tags, s.interval_seconds, s.cron, \
+                coalesce(a.datacenters, '{}') AS datacenters \
+         FROM api_monitors m JOIN schedules s ON s.id = m.schedule_id \
+         LEFT JOIN (SELECT monitor_id, array_agg(datacenter_id) AS datacenters \
+                    FROM monitor_assignments GROUP BY monitor_id) a ON a.monitor_id = m.id \
+         WHERE m.enabled",
+    )
+    .fetch(pool);
+    let mut periods = Periods::new();
+    let mut seen = Vec::with_capacity(monitors.len());
+    while let Some(row) = rows.try_next().await? {
+        if let Some(monitor) = row.into_config(&mut periods, now) {
+            seen.push(monitor.id);
+            monitors.insert(monitor.id, monitor);
+        }
+    }
+    seen.sort_unstable();
+    monitors.retain(|id, _| seen.binary_search(id).is_ok());
+    Ok(())
+}
+
 async fn load_stored_flags(
     conn: &mut PgConnection,
 ) -> Result<HashMap<(i32, i32), StoredFlags>, sqlx::Error> {
-    let rows: Vec<(i32, i32, bool, bool, DateTime<Utc>)> = sqlx::query_as(
+    sqlx::query_as(
         "SELECT monitor_id, datacenter_id, failing, degraded, changed_at FROM monitor_dc_state",
     )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(monitor, dc, failing, degraded, changed_at)| {
+    .fetch(conn)
+    .map_ok(
+        |(monitor, dc, failing, degraded, changed_at): (i32, i32, bool, bool, DateTime<Utc>)| {
             (
                 (monitor, dc),
                 StoredFlags {
@@ -497,8 +513,10 @@ async fn load_stored_flags(
                     changed_at: Some(changed_at),
                 },
             )
-        })
-        .collect())
+        },
+    )
+    .try_collect()
+    .await
 }
 
 async fn load_open_incidents(
@@ -545,16 +563,18 @@ struct OpenIncidentRow {
 /// The last few heartbeats of every monitor in every datacenter it runs in: enough to
 /// rebuild each streak on top of its stored flag. The larger threshold covers a flag
 /// raised and not yet stored (flags are stored within a tick, 250 ms, of the heartbeat
-/// that raised them, far less than a slot); one more slot is the margin. Oldest first.
+/// that raised them, far less than a slot); one more slot is the margin. Oldest first,
+/// folded into `state` as they arrive. Returns how many were replayed.
 async fn replay_recent(
     conn: &mut PgConnection,
-    state: &State,
+    state: &mut State,
     now: DateTime<Utc>,
-) -> Result<Vec<HeartbeatRow>, sqlx::Error> {
-    let mut monitors = Vec::new();
-    let mut datacenters = Vec::new();
-    let mut limits = Vec::new();
-    let mut since = Vec::new();
+) -> Result<usize, sqlx::Error> {
+    let pairs = state.monitors.values().map(|m| m.datacenters.len()).sum();
+    let mut monitors = Vec::with_capacity(pairs);
+    let mut datacenters = Vec::with_capacity(pairs);
+    let mut limits = Vec::with_capacity(pairs);
+    let mut since = Vec::with_capacity(pairs);
     for monitor in state.monitors.values() {
         let slots = monitor
             .policy
@@ -570,7 +590,7 @@ async fn replay_recent(
             since.push(from);
         }
     }
-    sqlx::query_as(&format!(
+    let query = format!(
         "SELECT {HEARTBEAT_COLUMNS} FROM ( \
            SELECT h.* FROM unnest($1::int[], $2::int[], $3::int[], $4::timestamptz[]) \
                 AS a(monitor_id, datacenter_id, slots, since) \
@@ -581,16 +601,23 @@ async fn replay_recent(
                AND h.scheduled_at > a.since AND h.scheduled_at <= $5 \
              ORDER BY h.scheduled_at DESC LIMIT a.slots) h \
          ) recent ORDER BY scheduled_at"
-    ))
-    .bind(&monitors)
-    .bind(&datacenters)
-    .bind(&limits)
-    .bind(&since)
-    // An upper bound too, so each lookup prunes the partitions created ahead (slots
-    // are never in the future).
-    .bind(now + chrono::Duration::minutes(1))
-    .fetch_all(conn)
-    .await
+    );
+    // Bound by value: each array is freed once encoded, before the query is sent.
+    let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+        .bind(monitors)
+        .bind(datacenters)
+        .bind(limits)
+        .bind(since)
+        // An upper bound too, so each lookup prunes the partitions created ahead (slots
+        // are never in the future).
+        .bind(now + chrono::Duration::minutes(1))
+        .fetch(conn);
+    let mut replayed = 0;
+    while let Some(row) = rows.try_next().await? {
+        state.observe(row.into());
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// Writes one tick's changes atomically, under the fencing check. Returns the ids of

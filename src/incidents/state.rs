@@ -78,14 +78,15 @@ impl IncidentKey {
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
     pub id: i32,
-    pub name: String,
+    pub name: Box<str>,
     pub policy: Policy,
     /// Time between two slots (for cron, between the next two at load time).
     pub period: Duration,
-    pub tags: Vec<String>,
+    /// Usually none, and then no allocation.
+    pub tags: Box<[String]>,
     pub mute_until: Option<DateTime<Utc>>,
     /// Datacenters it is assigned to.
-    pub datacenters: Vec<i32>,
+    pub datacenters: Box<[i32]>,
 }
 
 impl MonitorConfig {
@@ -155,8 +156,8 @@ pub struct Pair {
     pub degraded_since: Option<DateTime<Utc>>,
     pub recovered_at: Option<DateTime<Utc>>,
     pub last_slot: Option<DateTime<Utc>>,
-    pub last_error_kind: Option<String>,
-    pub last_error_message: Option<String>,
+    pub last_error_kind: Option<Box<str>>,
+    pub last_error_message: Option<Box<str>>,
 }
 
 /// The flags as stored in `monitor_dc_state`.
@@ -331,8 +332,8 @@ impl State {
         }
         pair.last_slot = Some(slot);
         if observation.outcome == Outcome::Down {
-            pair.last_error_kind = observation.error_kind;
-            pair.last_error_message = observation.error_message;
+            pair.last_error_kind = observation.error_kind.map(String::into_boxed_str);
+            pair.last_error_message = observation.error_message.map(String::into_boxed_str);
         }
         let mut flipped = false;
         if pair
@@ -531,8 +532,8 @@ impl State {
                 degraded,
                 changed_at,
             },
-            last_error_kind: pair.last_error_kind.clone(),
-            last_error_message: pair.last_error_message.clone(),
+            last_error_kind: pair.last_error_kind.as_deref().map(String::from),
+            last_error_message: pair.last_error_message.as_deref().map(String::from),
         })
     }
 
@@ -766,8 +767,8 @@ impl State {
             let Some(pair) = self.pairs.get(&(monitor, *dc)) else {
                 continue;
             };
-            if let Some(kind) = &pair.last_error_kind {
-                kinds.insert(kind.clone());
+            if let Some(kind) = pair.last_error_kind.as_deref() {
+                kinds.insert(kind);
             }
             if sample.is_none() {
                 sample = pair
@@ -776,7 +777,7 @@ impl State {
                     .map(|m| format!("{}: {m}", self.code(*dc)));
             }
         }
-        (kinds.into_iter().collect(), sample)
+        (kinds.into_iter().map(String::from).collect(), sample)
     }
 
     /// Makes the mirror match the database after `changes` were committed; `opened_ids`
@@ -838,12 +839,12 @@ mod tests {
                 id,
                 MonitorConfig {
                     id,
-                    name: format!("m{id}"),
+                    name: format!("m{id}").into(),
                     policy,
                     period: Duration::from_secs(1),
-                    tags: vec!["web".into()],
+                    tags: Box::new(["web".into()]),
                     mute_until: None,
-                    datacenters: vec![VA, NY, LON],
+                    datacenters: Box::new([VA, NY, LON]),
                 },
             );
         }
