@@ -327,3 +327,16 @@ async fn one_prober_serves_many_concurrent_probes() {
     // Concurrent, not serial (20 × 50 ms).
     assert!(started.elapsed() < Duration::from_millis(700));
 }
+
+/// A probe waiting on the network holds the state of the phase it is in, not room for
+/// every kind's and every phase's: with a thousand probes in flight (a slow or saturated
+/// target), that room was most of the process's memory (54 kB each; issue #14).
+#[tokio::test]
+async fn a_probe_in_flight_holds_a_few_kilobytes_of_state() {
+    let prober = Prober::builder().build().unwrap();
+    let monitor = Monitor::new(spec("https://127.0.0.1:1/")).unwrap();
+    let probe = prober.probe(&monitor);
+    let size = std::mem::size_of_val(&probe);
+    println!("Prober::probe's future: {size} bytes");
+    assert!(size <= 1024, "Prober::probe's future is {size} bytes");
+}

@@ -78,7 +78,11 @@ pub(crate) async fn exchange(
             format!("{} has no host", redact_query(url.as_str())),
         ));
     };
-    let (addrs, server_name) = dns::resolve_host(prober, &host, monitor.ip_family, seen).await?;
+    // The phases' futures are boxed one at a time, so that a probe waiting in one phase
+    // holds that phase's state only, not room for the largest of them (the resolver's
+    // fallback, the HTTP exchange): the memory of a thousand probes in flight.
+    let (addrs, server_name) =
+        Box::pin(dns::resolve_host(prober, &host, monitor.ip_family, seen)).await?;
 
     // Checked on the addresses about to be connected, after DNS: a name that resolves
     // to an internal address is caught like an IP literal.
@@ -107,9 +111,9 @@ pub(crate) async fn exchange(
             .handshake_timed(tcp, server_name, monitor.verify_tls, seen)
             .await?;
         let h2 = tls::negotiated_h2(&stream);
-        http_exchange(stream, h2, request, seen, limits).await
+        Box::pin(http_exchange(stream, h2, request, seen, limits)).await
     } else {
-        http_exchange(tcp, false, request, seen, limits).await
+        Box::pin(http_exchange(tcp, false, request, seen, limits)).await
     }
 }
 

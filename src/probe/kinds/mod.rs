@@ -99,11 +99,16 @@ impl Target {
         seen: &mut Observation,
         deadline: Instant,
     ) -> Result<(), Failure> {
+        // Each kind's future is boxed: inline, every probe in flight would hold room for
+        // the largest kind's state (a resolver lookup's, tens of kilobytes) whatever its
+        // own kind, for as long as it waits on the network.
         match self {
-            Target::Http(http) => http::probe(prober, monitor, http, seen, deadline).await,
-            Target::Tcp(tcp) => tcp::probe(prober, monitor, tcp, seen, deadline).await,
-            Target::Tls(tls) => tls::probe(prober, monitor, tls, seen, deadline).await,
-            Target::Dns(dns) => dns::probe(prober, dns, seen).await,
+            Target::Http(http) => {
+                Box::pin(http::probe(prober, monitor, http, seen, deadline)).await
+            }
+            Target::Tcp(tcp) => Box::pin(tcp::probe(prober, monitor, tcp, seen, deadline)).await,
+            Target::Tls(tls) => Box::pin(tls::probe(prober, monitor, tls, seen, deadline)).await,
+            Target::Dns(dns) => Box::pin(dns::probe(prober, dns, seen)).await,
         }
     }
 }
