@@ -29,11 +29,7 @@ pub struct State {
 impl State {
     /// Reads every kind; `conn` is in a transaction (the setting below is local to it).
     pub async fn read(conn: &mut PgConnection) -> Result<State, sqlx::Error> {
-        // Thousands of monitors push the estimated cost past jit_above_cost, and
-        // compiling the query then takes longer (~1 s) than running it (~0.1 s).
-        sqlx::query("SET LOCAL jit = off")
-            .execute(&mut *conn)
-            .await?;
+        crate::storage::jit_off(&mut *conn).await?;
         let mut rows = HashMap::new();
         for section in Section::ALL {
             let found: Vec<(Json<Value>, Option<String>)> =
