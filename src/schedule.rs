@@ -365,14 +365,15 @@ where
     }
 
     /// When the scheduler starts, a slot that passed at most `window` ago is still fired,
-    /// `window` after its time, as a replay (its lag is the gap, not punctuality), instead
-    /// of waiting for the next one. This closes the gap of a leader hand-over: the slot
-    /// that fell between the old leader's last dispatch and the new leader's first is
-    /// probed once more by the new leader; heartbeats are keyed by slot, so if the old
-    /// leader did probe it, the second row is ignored. Each such slot keeps its distance
-    /// from the others, so the window's slots arrive as spread out as they were due: a new
-    /// leader of 10,000 monitors every 10 s does not start a second's worth of probes (and
-    /// hold their buffers) at once.
+    /// as a replay (its lag is the gap, not punctuality), instead of waiting for the next
+    /// one. This closes the gap of a leader hand-over: the slot that fell between the old
+    /// leader's last dispatch and the new leader's first is probed once more by the new
+    /// leader; heartbeats are keyed by slot, so if the old leader did probe it, the second
+    /// row is ignored. These replays are spread like a catch-up's (at each monitor's own
+    /// offset within `min(its interval, `[`MAX_REPLAY_SPACING`]`)`): a new leader of
+    /// 10,000 monitors every 10 s fires the second's worth of slots it inherits over the
+    /// next 10 s, instead of together, which doubled the rate the targets saw and, while
+    /// they queued, the probes (and buffers) in flight.
     pub fn with_catch_up(mut self, window: Duration) -> Self {
         self.catch_up = window;
         self
@@ -493,18 +494,7 @@ where
             let Some(&first) = missed.front() else {
                 continue;
             };
-            let spacing = monitor
-                .cadence
-                .next_slot_after(monitor_id, first)
-                .and_then(|next| (next - first).to_std().ok())
-                .unwrap_or(MAX_REPLAY_SPACING)
-                .min(MAX_REPLAY_SPACING);
-            // Each monitor starts at its own offset within one spacing, so replays spread
-            // like regular slots do.
-            let spacing_ms = u64::try_from(spacing.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let phase = Duration::from_millis(spread(monitor_id) % spacing_ms);
+            let (phase, spacing) = replay_spacing(monitor_id, &monitor.cadence, first);
             for (k, slot) in missed.into_iter().enumerate() {
                 let at = start + phase + spacing * u32::try_from(k).unwrap_or(u32::MAX);
                 replays.push(Reverse((at, slot, monitor_id, monitor.generation)));
@@ -579,9 +569,9 @@ where
                 .last_slot_at_or_before(monitor_id, now)
                 .and_then(|slot| Some((slot, (now - slot).to_std().ok()?)))
                 .filter(|(_, ago)| *ago <= catch_up);
-            if let Some((slot, ago)) = recent {
-                let at = started + (catch_up - ago);
-                replays.push(Reverse((at, slot, monitor_id, generation)));
+            if let Some((slot, _)) = recent {
+                let (phase, _) = replay_spacing(monitor_id, &cadence, slot);
+                replays.push(Reverse((started + phase, slot, monitor_id, generation)));
             }
             let next = cadence.next_slot_after(monitor_id, now);
             if let Some(next) = next {
@@ -704,6 +694,28 @@ where
             drop(permit);
         });
     }
+}
+
+/// How replays of a monitor's missed slots are spaced: one per `min(its interval,`
+/// [`MAX_REPLAY_SPACING`]`)`, the first at the monitor's own offset within one spacing,
+/// so that replays spread over time like regular slots do instead of starting together.
+fn replay_spacing(
+    monitor_id: i32,
+    cadence: &Cadence,
+    first: DateTime<Utc>,
+) -> (Duration, Duration) {
+    let spacing = cadence
+        .next_slot_after(monitor_id, first)
+        .and_then(|next| (next - first).to_std().ok())
+        .unwrap_or(MAX_REPLAY_SPACING)
+        .min(MAX_REPLAY_SPACING);
+    let spacing_ms = u64::try_from(spacing.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    (
+        Duration::from_millis(spread(monitor_id) % spacing_ms),
+        spacing,
+    )
 }
 
 /// After a wall-clock step, every monitor starts again at its next slot from the new
@@ -982,7 +994,7 @@ mod tests {
         let passed = cadence.last_slot_at_or_before(42, started).unwrap();
         let next = cadence.next_slot_after(42, started).unwrap();
         let mut fires = fires.lock().unwrap().clone();
-        // Both are due at the same instant: the replay one window late, the next on time.
+        // Either may come first: the replay at the monitor's offset, the next on time.
         fires.sort_by_key(|(slot, ..)| *slot);
         assert_eq!(
             fires.len(),
@@ -992,10 +1004,12 @@ mod tests {
         let (slot, lag, catch_up) = fires[0];
         assert_eq!(slot, passed, "the slot that just passed: {fires:?}");
         assert!(catch_up, "fired as a replay: {fires:?}");
-        let window = Duration::from_secs(10);
+        let (phase, spacing) = replay_spacing(42, &cadence, passed);
+        assert!(phase < spacing && spacing == Duration::from_secs(10));
+        let expected = (started - passed).to_std().unwrap() + phase;
         assert!(
-            lag >= window && lag < window + Duration::from_millis(50),
-            "fired one window after its time, and its lag says so: {lag:?}"
+            lag >= expected && lag < expected + Duration::from_millis(50),
+            "fired at the monitor's replay offset, and its lag says so: {lag:?}"
         );
         assert_eq!(fires[1].0, next, "the next slot on its own time: {fires:?}");
         assert!(!fires[1].2, "{fires:?}");
