@@ -52,7 +52,8 @@ use crate::storage::{self, HeartbeatSender, HeartbeatWriter, WriterConfig};
 
 /// A new leader still probes a slot that passed at most this long ago (see
 /// `Scheduler::with_catch_up`): it covers the time a hand-over takes, so a graceful
-/// hand-over misses no slot. It needs no database read, so it is immediate.
+/// hand-over misses no slot. It needs no database read, so it is planned at once; the
+/// slots are replayed spread like a catch-up's, within `MAX_REPLAY_SPACING`.
 const HANDOVER_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Deeper catch-up after any takeover: every slot missed since each monitor's last stored

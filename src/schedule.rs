@@ -567,9 +567,8 @@ where
             }
             let recent = cadence
                 .last_slot_at_or_before(monitor_id, now)
-                .and_then(|slot| Some((slot, (now - slot).to_std().ok()?)))
-                .filter(|(_, ago)| *ago <= catch_up);
-            if let Some((slot, _)) = recent {
+                .filter(|slot| (now - *slot).to_std().is_ok_and(|ago| ago <= catch_up));
+            if let Some(slot) = recent {
                 let (phase, _) = replay_spacing(monitor_id, &cadence, slot);
                 replays.push(Reverse((started + phase, slot, monitor_id, generation)));
             }
@@ -581,7 +580,7 @@ where
                 cadence,
                 payload,
                 generation,
-                first_slot: recent.map(|(slot, _)| slot).or(next),
+                first_slot: recent.or(next),
             };
             monitors.insert(monitor_id, planned);
         }
