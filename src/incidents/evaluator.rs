@@ -295,16 +295,11 @@ impl Evaluation {
         );
         // Folded in as they arrive: an error midway ends this evaluation, and the next
         // one rebuilds its state from the database, so half a read is never decided on.
-        let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+        let rows = sqlx::query_as::<_, HeartbeatRow>(&query)
             .bind(self.horizon.xmax)
             .bind(&self.horizon.in_progress)
             .fetch(&mut *tx);
-        let mut read = 0;
-        while let Some(row) = rows.try_next().await? {
-            self.state.observe(row.into());
-            read += 1;
-        }
-        drop(rows);
+        let read = observe_all(&mut self.state, rows).await?;
         tx.commit().await?;
         self.horizon = next;
         let now = Utc::now();
@@ -612,7 +607,7 @@ async fn replay_recent(
          ) recent ORDER BY scheduled_at"
     );
     // Bound by value: each array is freed once encoded, before the query is sent.
-    let mut rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+    let rows = sqlx::query_as::<_, HeartbeatRow>(&query)
         .bind(monitors)
         .bind(datacenters)
         .bind(limits)
@@ -621,12 +616,20 @@ async fn replay_recent(
         // are never in the future).
         .bind(now + chrono::Duration::minutes(1))
         .fetch(conn);
-    let mut replayed = 0;
+    observe_all(state, rows).await
+}
+
+/// Folds heartbeats into `state` as they arrive, in the order read; returns how many.
+async fn observe_all(
+    state: &mut State,
+    mut rows: impl futures_util::Stream<Item = Result<HeartbeatRow, sqlx::Error>> + Unpin,
+) -> Result<usize, sqlx::Error> {
+    let mut observed = 0;
     while let Some(row) = rows.try_next().await? {
         state.observe(row.into());
-        replayed += 1;
+        observed += 1;
     }
-    Ok(replayed)
+    Ok(observed)
 }
 
 /// Writes one tick's changes atomically, under the fencing check. Returns the ids of
