@@ -137,6 +137,21 @@ async fn upsert(
         .map(drop)
 }
 
+/// Keeps (RELEASE) or undoes (ROLLBACK TO) the savepoint `one` by what was done inside
+/// it, and hands that outcome back; the outer error is the connection's own.
+async fn end_savepoint(
+    conn: &mut PgConnection,
+    outcome: Result<(), sqlx::Error>,
+) -> Result<Result<(), sqlx::Error>, sqlx::Error> {
+    let end = if outcome.is_ok() {
+        "RELEASE SAVEPOINT one"
+    } else {
+        "ROLLBACK TO SAVEPOINT one"
+    };
+    sqlx::query(end).execute(conn).await?;
+    Ok(outcome)
+}
+
 async fn delete(
     conn: &mut PgConnection,
     section: Section,
@@ -182,24 +197,15 @@ async fn diagnose(
         };
         for (name, row) in &writes.upserts {
             sqlx::query("SAVEPOINT one").execute(&mut *conn).await?;
-            match upsert(conn, section, &[row], source).await {
-                Ok(()) => {
-                    sqlx::query("RELEASE SAVEPOINT one")
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Err(err) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT one")
-                        .execute(&mut *conn)
-                        .await?;
-                    rejected.push(rejection(
-                        loaded,
-                        section,
-                        name,
-                        &err,
-                        "is refused by the database",
-                    ));
-                }
+            let outcome = upsert(conn, section, &[row], source).await;
+            if let Err(err) = end_savepoint(conn, outcome).await? {
+                rejected.push(rejection(
+                    loaded,
+                    section,
+                    name,
+                    &err,
+                    "is refused by the database",
+                ));
             }
         }
     }
@@ -209,18 +215,9 @@ async fn diagnose(
         };
         for name in &writes.deletes {
             sqlx::query("SAVEPOINT one").execute(&mut *conn).await?;
-            match delete(conn, section, std::slice::from_ref(name)).await {
-                Ok(()) => {
-                    sqlx::query("RELEASE SAVEPOINT one")
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Err(err) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT one")
-                        .execute(&mut *conn)
-                        .await?;
-                    rejected.push(rejection(loaded, section, name, &err, "cannot be pruned"));
-                }
+            let outcome = delete(conn, section, std::slice::from_ref(name)).await;
+            if let Err(err) = end_savepoint(conn, outcome).await? {
+                rejected.push(rejection(loaded, section, name, &err, "cannot be pruned"));
             }
         }
     }
