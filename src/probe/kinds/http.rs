@@ -32,26 +32,43 @@ use crate::probe::{ErrorKind, Failure, InvalidMonitor, IpFamily, Monitor, Prober
 pub(crate) struct HttpTarget {
     method: Method,
     url: Url,
-    /// In the order given; a slice, not a `HeaderMap`, which is 96 bytes even when empty
-    /// (most monitors send no header of their own, and every monitor is held for good).
-    headers: Box<[(HeaderName, HeaderValue)]>,
-    /// Secret header names beyond [`ALWAYS_SECRET`] (usually none: an empty list holds
-    /// no memory, where a set of the three standard names cost every monitor ~200 bytes).
-    secret: Box<[HeaderName]>,
-    body: Option<Bytes>,
     follow_redirects: bool,
     max_redirects: u32,
-    pub(crate) capture_body_bytes: Option<usize>,
     pub(crate) max_body_bytes: usize,
     pub(crate) redirect_policy: RedirectPolicy,
+    /// `None` when the monitor sets none of them, as most do: every monitor is held for
+    /// good, and inline these fields cost 96 bytes each (BENCHMARKS.md, "Memory, third
+    /// round").
+    extras: Option<Box<RequestExtras>>,
+}
+
+/// The parts of a request most monitors leave empty.
+#[derive(Clone)]
+struct RequestExtras {
+    /// In the order given; a slice, not a `HeaderMap`, which is 96 bytes even when empty.
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Secret header names beyond [`ALWAYS_SECRET`].
+    secret: Box<[HeaderName]>,
+    body: Option<Bytes>,
+    capture_body_bytes: Option<usize>,
     /// Response headers kept with the heartbeat, lower-case.
-    pub(crate) capture_headers: Box<[String]>,
+    capture_headers: Box<[String]>,
+}
+
+impl RequestExtras {
+    fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+            && self.secret.is_empty()
+            && self.body.is_none()
+            && self.capture_body_bytes.is_none()
+            && self.capture_headers.is_empty()
+    }
 }
 
 impl fmt::Debug for HttpTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let headers: Vec<(&str, String)> = self
-            .headers
+            .headers()
             .iter()
             .map(|(name, value)| {
                 let shown = if self.is_secret(name) {
@@ -66,13 +83,13 @@ impl fmt::Debug for HttpTarget {
             .field("method", &self.method)
             .field("url", &redact_query(self.url.as_str()))
             .field("headers", &headers)
-            .field("body_bytes", &self.body.as_ref().map(Bytes::len))
+            .field("body_bytes", &self.body().map(Bytes::len))
             .field("follow_redirects", &self.follow_redirects)
             .field("max_redirects", &self.max_redirects)
-            .field("capture_body_bytes", &self.capture_body_bytes)
+            .field("capture_body_bytes", &self.capture_body_bytes())
             .field("max_body_bytes", &self.max_body_bytes)
             .field("redirect_policy", &self.redirect_policy)
-            .field("capture_headers", &self.capture_headers)
+            .field("capture_headers", &self.capture_headers())
             .finish()
     }
 }
@@ -147,23 +164,51 @@ impl HttpTarget {
             capture_headers.push(header.as_str().to_string());
         }
 
-        Ok(HttpTarget {
-            method,
-            url,
+        let extras = RequestExtras {
             headers: headers.into(),
             secret: secret.into(),
             body: spec.body.clone().map(Bytes::from),
+            capture_body_bytes: spec.capture_body_bytes,
+            capture_headers: capture_headers.into(),
+        };
+        Ok(HttpTarget {
+            method,
+            url,
             follow_redirects: spec.follow_redirects,
             max_redirects: spec.max_redirects,
-            capture_body_bytes: spec.capture_body_bytes,
             max_body_bytes: spec.max_body_bytes,
             redirect_policy,
-            capture_headers: capture_headers.into(),
+            extras: (!extras.is_empty()).then(|| Box::new(extras)),
         })
     }
 
+    fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        self.extras.as_ref().map_or(&[], |extras| &extras.headers)
+    }
+
+    /// Secret header names beyond [`ALWAYS_SECRET`].
+    fn secret(&self) -> &[HeaderName] {
+        self.extras.as_ref().map_or(&[], |extras| &extras.secret)
+    }
+
+    fn body(&self) -> Option<&Bytes> {
+        self.extras.as_ref()?.body.as_ref()
+    }
+
+    /// Response bytes kept in the report's `response_body`, when asked for.
+    pub(crate) fn capture_body_bytes(&self) -> Option<usize> {
+        self.extras.as_ref()?.capture_body_bytes
+    }
+
+    /// Response headers kept with the heartbeat, lower-case.
+    pub(crate) fn capture_headers(&self) -> &[String] {
+        self.extras
+            .as_ref()
+            .map_or(&[], |extras| &extras.capture_headers)
+    }
+
     fn is_secret(&self, name: &HeaderName) -> bool {
-        is_secret(&self.secret, name)
+        is_secret(self.secret(), name)
     }
 
     pub(crate) fn method(&self) -> &Method {
@@ -181,7 +226,7 @@ impl HttpTarget {
 
     /// The request headers with secret values replaced by `<redacted>`, for display.
     pub(crate) fn redacted_headers(&self) -> Vec<(String, String)> {
-        self.headers
+        self.headers()
             .iter()
             .map(|(name, value)| {
                 let shown = if self.is_secret(name) {
@@ -269,12 +314,12 @@ pub(crate) async fn probe(
     let mut hop = HopRequest {
         url: http.url.clone(),
         method: http.method.clone(),
-        headers: http.headers.iter().cloned().collect(),
-        body: http.body.clone(),
+        headers: http.headers().iter().cloned().collect(),
+        body: http.body().cloned(),
     };
     let mut visited: HashSet<String> = HashSet::new();
     visited.insert(hop.url.as_str().to_string());
-    let keep_body = monitor.assertions().needs_body() || http.capture_body_bytes.is_some();
+    let keep_body = monitor.assertions().needs_body() || http.capture_body_bytes().is_some();
     let mut first_hop_public = None;
     loop {
         let hop_seen = exchange::Hop {
@@ -348,7 +393,7 @@ pub(crate) async fn probe(
             for name in ALWAYS_SECRET {
                 hop.headers.remove(name);
             }
-            for name in &http.secret {
+            for name in http.secret() {
                 hop.headers.remove(name);
             }
         }

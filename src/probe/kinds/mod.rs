@@ -79,7 +79,7 @@ impl Target {
     /// Response bytes kept in the report's `response_body`, when asked for.
     pub fn keep_body_bytes(&self) -> Option<usize> {
         match self {
-            Target::Http(http) => http.capture_body_bytes,
+            Target::Http(http) => http.capture_body_bytes(),
             _ => None,
         }
     }
@@ -87,7 +87,7 @@ impl Target {
     /// Response headers kept in the report's `response_headers`.
     pub fn capture_headers(&self) -> &[String] {
         match self {
-            Target::Http(http) => &http.capture_headers,
+            Target::Http(http) => http.capture_headers(),
             _ => &[],
         }
     }
