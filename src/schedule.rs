@@ -552,6 +552,11 @@ where
         let listed: HashSet<i32> = entries.iter().map(|entry| entry.monitor_id).collect();
         monitors.retain(|monitor_id, _| listed.contains(monitor_id));
         drop(listed);
+        // Sized once for the whole set: grown by doubling, the first load of 100,000
+        // monitors would hold the old and the new table at once several times over.
+        let added = entries.len().saturating_sub(monitors.len());
+        monitors.reserve(added);
+        due.reserve(added);
         for ScheduleEntry {
             monitor_id,
             cadence,
