@@ -239,9 +239,10 @@ impl Evaluation {
         let mut state = State::starting(now);
         load_config(&pool, &mut state, now).await?;
         let config_loaded = started.elapsed();
-        // The replay binds arrays of every (monitor, datacenter) pair, and a connection
-        // keeps the capacity of its largest message for life: this one is closed after the
-        // replay instead of going back to the pool (7 MB held at 100,000 monitors).
+        // A connection keeps the capacity of its largest message for life, and the
+        // replay's (arrays of thousands of pairs) and the stored flags' (a row for every
+        // pair) are the largest the evaluator sends and reads: this one is closed after
+        // the replay instead of going back to the pool.
         let mut replay_conn = pool.acquire().await?.detach();
         let mut tx = begin_snapshot(&mut replay_conn).await?;
         storage::jit_off(&mut tx).await?;
@@ -504,7 +505,10 @@ async fn load_stored_flags(
     conn: &mut PgConnection,
 ) -> Result<HashMap<(i32, i32), StoredFlags>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT monitor_id, datacenter_id, failing, degraded, changed_at FROM monitor_dc_state",
+        // Rows of deleted monitors stay behind (nothing removes them) and would only
+        // take room here.
+        "SELECT s.monitor_id, s.datacenter_id, s.failing, s.degraded, s.changed_at \
+         FROM monitor_dc_state s WHERE EXISTS (SELECT 1 FROM api_monitors m WHERE m.id = s.monitor_id)",
     )
     .fetch(conn)
     .map_ok(
@@ -564,21 +568,25 @@ struct OpenIncidentRow {
     datacenters: Vec<i32>,
 }
 
+/// Pairs looked up by one replay query. All of them in one query bound four arrays of
+/// 100,000 elements, and encoding and sending them took 38 MB at once, the largest
+/// allocation of a leader's start (BENCHMARKS.md, "Memory, third round").
+const REPLAY_PAIRS_PER_QUERY: usize = 5_000;
+
 /// The last few heartbeats of every monitor in every datacenter it runs in: enough to
 /// rebuild each streak on top of its stored flag. The larger threshold covers a flag
 /// raised and not yet stored (flags are stored within a tick, 250 ms, of the heartbeat
-/// that raised them, far less than a slot); one more slot is the margin. Oldest first,
-/// folded into `state` as they arrive. Returns how many were replayed.
+/// that raised them, far less than a slot); one more slot is the margin. Read a few
+/// thousand pairs at a time, each pair's oldest first, folded into `state` as they
+/// arrive (a pair's streak depends only on its own heartbeats, and a datacenter's
+/// latest slot is a maximum, so the order between pairs does not matter). Returns how
+/// many were replayed.
 async fn replay_recent(
     conn: &mut PgConnection,
     state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
-    let pairs = state.monitors.values().map(|m| m.datacenters.len()).sum();
-    let mut monitors = Vec::with_capacity(pairs);
-    let mut datacenters = Vec::with_capacity(pairs);
-    let mut limits = Vec::with_capacity(pairs);
-    let mut since = Vec::with_capacity(pairs);
+    let mut pairs: Vec<(i32, i32, i32, DateTime<Utc>)> = Vec::new();
     for monitor in state.monitors.values() {
         let slots = monitor
             .policy
@@ -588,10 +596,7 @@ async fn replay_recent(
         let window = monitor.period * (slots + 2) + Duration::from_secs(60);
         let from = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::days(1));
         for dc in &monitor.datacenters {
-            monitors.push(monitor.id);
-            datacenters.push(*dc);
-            limits.push(slots as i32);
-            since.push(from);
+            pairs.push((monitor.id, *dc, slots as i32, from));
         }
     }
     let query = format!(
@@ -606,17 +611,30 @@ async fn replay_recent(
              ORDER BY h.scheduled_at DESC LIMIT a.slots) h \
          ) recent ORDER BY scheduled_at"
     );
-    // Bound by value: each array is freed once encoded, before the query is sent.
-    let rows = sqlx::query_as::<_, HeartbeatRow>(&query)
-        .bind(monitors)
-        .bind(datacenters)
-        .bind(limits)
-        .bind(since)
-        // An upper bound too, so each lookup prunes the partitions created ahead (slots
-        // are never in the future).
-        .bind(now + chrono::Duration::minutes(1))
-        .fetch(conn);
-    observe_all(state, rows).await
+    let mut replayed = 0;
+    for chunk in pairs.chunks(REPLAY_PAIRS_PER_QUERY) {
+        let mut monitors = Vec::with_capacity(chunk.len());
+        let mut datacenters = Vec::with_capacity(chunk.len());
+        let mut limits = Vec::with_capacity(chunk.len());
+        let mut since = Vec::with_capacity(chunk.len());
+        for &(monitor, dc, slots, from) in chunk {
+            monitors.push(monitor);
+            datacenters.push(dc);
+            limits.push(slots);
+            since.push(from);
+        }
+        let rows = sqlx::query_as::<_, HeartbeatRow>(&query)
+            .bind(monitors)
+            .bind(datacenters)
+            .bind(limits)
+            .bind(since)
+            // An upper bound too, so each lookup prunes the partitions created ahead
+            // (slots are never in the future).
+            .bind(now + chrono::Duration::minutes(1))
+            .fetch(&mut *conn);
+        replayed += observe_all(state, rows).await?;
+    }
+    Ok(replayed)
 }
 
 /// Folds heartbeats into `state` as they arrive, in the order read; returns how many.
