@@ -26,7 +26,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -107,6 +107,29 @@ fn realtime_ns() -> i128 {
 /// Asks the kernel to stamp every packet `fd` receives, and with `transmit` every
 /// packet it sends (stamps only, on the error queue). `false`: it refused.
 pub(crate) fn enable_stamps(fd: RawFd, transmit: bool) -> bool {
+    keep_receive_stamps_on();
+    set_stamping(fd, transmit)
+}
+
+/// Linux turns receive stamping on for the whole host when the first socket asks for
+/// it and off when the last one closes, each time from a kernel worker that rewrites a
+/// static branch in the kernel's code. With one probe in flight at a time (200 probes/s
+/// spread over a second) that was twice per probe, and the worker preempted the probe
+/// inside its `setsockopt`. One socket of our own, stamped and never closed, keeps the
+/// count above zero: each probe's socket then only moves a counter.
+fn keep_receive_stamps_on() {
+    static KEEPER: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    KEEPER.get_or_init(|| {
+        // SAFETY: socket takes integer arguments only; a non-negative result is a new
+        // descriptor that nothing else owns.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        // SAFETY: as above, `fd` is ours alone.
+        let socket = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })?;
+        set_stamping(socket.as_raw_fd(), false).then_some(socket)
+    });
+}
+
+fn set_stamping(fd: RawFd, transmit: bool) -> bool {
     let mut flags: libc::c_uint =
         libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
     if transmit {
@@ -384,22 +407,34 @@ impl AsyncRead for StampedTcp {
             // SAFETY: recvmsg only writes initialised bytes into the unfilled part, and
             // we mark exactly the `n` it reports as initialised below.
             let unfilled = unsafe { buf.unfilled_mut() };
-            match this
-                .tcp
-                .try_io(Interest::READABLE, || recv_stamped(fd, unfilled, 0))
-            {
-                Ok((n, stamp)) => {
-                    // SAFETY: the kernel wrote `n` bytes at the start of `unfilled`.
-                    unsafe { buf.assume_init(n) };
-                    buf.advance(n);
-                    if n > 0 {
-                        this.read(stamp);
-                    }
-                    return Poll::Ready(Ok(()));
+            let room = unfilled.len();
+            let mut received = None;
+            let outcome = this.tcp.try_io(Interest::READABLE, || {
+                let (n, stamp) = recv_stamped(fd, unfilled, 0)?;
+                received = Some((n, stamp));
+                // A read that did not fill the buffer emptied the socket: saying so
+                // clears the readiness now (as tokio's own reads do), instead of one
+                // more recvmsg that would only return EAGAIN. Data arriving meanwhile
+                // raises a newer readiness, which this does not clear.
+                if 0 < n && n < room {
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
+                Ok(())
+            });
+            if let Some((n, stamp)) = received {
+                // SAFETY: the kernel wrote `n` bytes at the start of `unfilled`.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                if n > 0 {
+                    this.read(stamp);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match outcome {
                 // Readiness was stale; try_io cleared it, wait again.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(err) => return Poll::Ready(Err(err)),
+                Ok(()) => unreachable!("a read that succeeded left its count"),
             }
         }
     }
