@@ -207,7 +207,7 @@ async fn reload(
     datacenter_id: i32,
     current: &[Arc<RunnableMonitor>],
 ) -> Result<Loaded, sqlx::Error> {
-    let mut rows = sqlx::query_as::<_, MonitorRow>(
+    let rows = sqlx::query_as::<_, MonitorRow>(
         "SELECT m.id, m.name, m.kind, m.method, m.url, m.headers, m.secret_headers, m.body, \
                 m.expected_status_codes, m.body_contains, m.follow_redirects, m.max_redirects, \
                 m.verify_tls, m.ip_family, m.max_body_bytes, m.redirect_policy, s.interval_seconds, s.cron, s.timeout_ms, \
@@ -221,6 +221,7 @@ async fn reload(
     )
     .bind(datacenter_id)
     .fetch(pool);
+    let mut rows = crate::storage::yielding(rows);
     let mut runnable = Vec::with_capacity(current.len());
     let mut rejected = Vec::new();
     // Both are ordered by id: walk them side by side.

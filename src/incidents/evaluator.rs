@@ -476,7 +476,7 @@ async fn load_monitors(
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     storage::jit_off(&mut tx).await?;
-    let mut rows = sqlx::query_as::<_, MonitorRow>(
+    let rows = sqlx::query_as::<_, MonitorRow>(
         "SELECT m.id, m.name, m.failure_threshold, m.recovery_threshold, m.quorum, \
                 m.alert_on_degraded, m.mute_until, m.tags, s.interval_seconds, s.cron, \
                 coalesce(a.datacenters, '{}') AS datacenters \
@@ -486,6 +486,7 @@ async fn load_monitors(
          WHERE m.enabled",
     )
     .fetch(&mut *tx);
+    let mut rows = storage::yielding(rows);
     let mut periods = Periods::new();
     let mut seen = Vec::with_capacity(monitors.len());
     while let Some(row) = rows.try_next().await? {
@@ -504,27 +505,34 @@ async fn load_monitors(
 async fn load_stored_flags(
     conn: &mut PgConnection,
 ) -> Result<HashMap<(i32, i32), StoredFlags>, sqlx::Error> {
-    sqlx::query_as(
+    let rows = sqlx::query_as(
         // Rows of deleted monitors stay behind (nothing removes them) and would only
         // take room here.
         "SELECT s.monitor_id, s.datacenter_id, s.failing, s.degraded, s.changed_at \
          FROM monitor_dc_state s WHERE EXISTS (SELECT 1 FROM api_monitors m WHERE m.id = s.monitor_id)",
     )
-    .fetch(conn)
-    .map_ok(
-        |(monitor, dc, failing, degraded, changed_at): (i32, i32, bool, bool, DateTime<Utc>)| {
-            (
-                (monitor, dc),
-                StoredFlags {
-                    failing,
-                    degraded,
-                    changed_at: Some(changed_at),
-                },
-            )
-        },
-    )
-    .try_collect()
-    .await
+    .fetch(conn);
+    storage::yielding(rows)
+        .map_ok(
+            |(monitor, dc, failing, degraded, changed_at): (
+                i32,
+                i32,
+                bool,
+                bool,
+                DateTime<Utc>,
+            )| {
+                (
+                    (monitor, dc),
+                    StoredFlags {
+                        failing,
+                        degraded,
+                        changed_at: Some(changed_at),
+                    },
+                )
+            },
+        )
+        .try_collect()
+        .await
 }
 
 async fn load_open_incidents(
@@ -640,8 +648,9 @@ async fn replay_recent(
 /// Folds heartbeats into `state` as they arrive, in the order read; returns how many.
 async fn observe_all(
     state: &mut State,
-    mut rows: impl futures_util::Stream<Item = Result<HeartbeatRow, sqlx::Error>> + Unpin,
+    rows: impl futures_util::Stream<Item = Result<HeartbeatRow, sqlx::Error>> + Unpin,
 ) -> Result<usize, sqlx::Error> {
+    let mut rows = storage::yielding(rows);
     let mut observed = 0;
     while let Some(row) = rows.try_next().await? {
         state.observe(row.into());

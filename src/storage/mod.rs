@@ -10,7 +10,11 @@
 //!
 //! It does not decide who probes (leadership) nor what (configuration loading).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::Stream;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -123,6 +127,29 @@ fn session_options(options: PgConnectOptions, application_name: &str) -> PgConne
 pub async fn jit_off(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SET LOCAL jit = off").execute(conn).await?;
     Ok(())
+}
+
+/// Counts each row of `rows` against tokio's cooperative budget, so a task reading
+/// thousands of rows yields every so often. Rows already in the connection's buffer
+/// never make the task wait: folding 100,000 of them held the thread for a second or
+/// two at a leader's start, and the probes due meanwhile then started all at once (on
+/// one core, 1,024 connections within two seconds, 30 MB more resident memory).
+pub fn yielding<S: Stream + Unpin>(rows: S) -> Yielding<S> {
+    Yielding(rows)
+}
+
+/// See [`yielding`].
+pub struct Yielding<S>(S);
+
+impl<S: Stream + Unpin> Stream for Yielding<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let row = std::task::ready!(Pin::new(&mut self.0).poll_next(cx));
+        coop.made_progress();
+        Poll::Ready(row)
+    }
 }
 
 /// Bounds on one maintenance transaction: how long it may wait for a lock, and how long
