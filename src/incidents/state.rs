@@ -156,8 +156,15 @@ pub struct Pair {
     pub degraded_since: Option<DateTime<Utc>>,
     pub recovered_at: Option<DateTime<Utc>>,
     pub last_slot: Option<DateTime<Utc>>,
-    pub last_error_kind: Option<Box<str>>,
-    pub last_error_message: Option<Box<str>>,
+    /// The latest failure's; `None` until the pair has failed (boxed: a pair is kept for
+    /// every monitor in every datacenter, and most never fail).
+    pub last_error: Option<Box<LastError>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LastError {
+    pub kind: Option<Box<str>>,
+    pub message: Option<Box<str>>,
 }
 
 /// The flags as stored in `monitor_dc_state`.
@@ -332,8 +339,10 @@ impl State {
         }
         pair.last_slot = Some(slot);
         if observation.outcome == Outcome::Down {
-            pair.last_error_kind = observation.error_kind.map(String::into_boxed_str);
-            pair.last_error_message = observation.error_message.map(String::into_boxed_str);
+            pair.last_error = Some(Box::new(LastError {
+                kind: observation.error_kind.map(String::into_boxed_str),
+                message: observation.error_message.map(String::into_boxed_str),
+            }));
         }
         let mut flipped = false;
         if pair
@@ -532,8 +541,14 @@ impl State {
                 degraded,
                 changed_at,
             },
-            last_error_kind: pair.last_error_kind.as_deref().map(String::from),
-            last_error_message: pair.last_error_message.as_deref().map(String::from),
+            last_error_kind: pair
+                .last_error
+                .as_deref()
+                .and_then(|e| e.kind.as_deref().map(String::from)),
+            last_error_message: pair
+                .last_error
+                .as_deref()
+                .and_then(|e| e.message.as_deref().map(String::from)),
         })
     }
 
@@ -767,12 +782,15 @@ impl State {
             let Some(pair) = self.pairs.get(&(monitor, *dc)) else {
                 continue;
             };
-            if let Some(kind) = pair.last_error_kind.as_deref() {
+            let Some(error) = pair.last_error.as_deref() else {
+                continue;
+            };
+            if let Some(kind) = error.kind.as_deref() {
                 kinds.insert(kind);
             }
             if sample.is_none() {
-                sample = pair
-                    .last_error_message
+                sample = error
+                    .message
                     .as_ref()
                     .map(|m| format!("{}: {m}", self.code(*dc)));
             }
