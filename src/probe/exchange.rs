@@ -181,11 +181,16 @@ where
 {
     seen.phase = Phase::Head;
     let io = TokioIo::new(io);
+    // Each handshake and the HTTP/1.1 connection (which holds the TLS stream) are boxed:
+    // inline, this future had room for the largest of them (15.4 kB) and held it for
+    // the whole exchange, for every probe in flight (BENCHMARKS.md, "Memory, third
+    // round"). A handshake's box is freed once it completes.
     if h2 {
         let executor = InTaskExecutor::default();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(executor.clone(), io)
-            .await
-            .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
+        let (mut sender, conn) =
+            Box::pin(hyper::client::conn::http2::handshake(executor.clone(), io))
+                .await
+                .map_err(|e| protocol_error("HTTP/2 handshake failed", e))?;
         let conn = executor.drive(conn);
         round_trip(conn, sender.send_request(request), seen, rules).await
     } else {
@@ -202,13 +207,14 @@ where
                 request.headers_mut().insert(HOST, value);
             }
         }
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        let handshake = hyper::client::conn::http1::Builder::new()
             .max_headers(MAX_RESPONSE_HEADERS)
             .allow_obsolete_multiline_headers_in_responses(true)
-            .handshake(io)
+            .handshake(io);
+        let (mut sender, conn) = Box::pin(handshake)
             .await
             .map_err(|e| protocol_error("HTTP/1.1 handshake failed", e))?;
-        round_trip(conn, sender.send_request(request), seen, rules).await
+        round_trip(Box::pin(conn), sender.send_request(request), seen, rules).await
     }
 }
 
