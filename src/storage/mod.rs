@@ -350,6 +350,28 @@ pub async fn seed_example(pool: &PgPool) -> Result<(), sqlx::Error> {
 mod tests {
     use super::*;
 
+    /// A stream whose items are all ready (as rows already in a connection's buffer)
+    /// still lets another task run before it ends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn yielding_lets_other_tasks_run_between_rows() {
+        use futures_util::StreamExt as _;
+        let other_ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = other_ran.clone();
+        tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+        let mut rows = yielding(futures_util::stream::iter(0..10_000));
+        let mut seen_at = None;
+        let mut count = 0;
+        while let Some(row) = rows.next().await {
+            count += 1;
+            if seen_at.is_none() && other_ran.load(std::sync::atomic::Ordering::SeqCst) {
+                seen_at = Some(row);
+            }
+        }
+        assert_eq!(count, 10_000, "every row is still delivered, in order");
+        let at = seen_at.expect("the other task ran while rows were being read");
+        assert!(at < 1_000, "the other task waited for {at} rows");
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(
