@@ -594,7 +594,11 @@ async fn replay_recent(
     state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
-    let mut pairs: Vec<(i32, i32, i32, DateTime<Utc>)> = Vec::new();
+    let pairs = state.monitors.values().map(|m| m.datacenters.len()).sum();
+    let mut monitors = Vec::with_capacity(pairs);
+    let mut datacenters = Vec::with_capacity(pairs);
+    let mut limits = Vec::with_capacity(pairs);
+    let mut since = Vec::with_capacity(pairs);
     for monitor in state.monitors.values() {
         let slots = monitor
             .policy
@@ -604,7 +608,10 @@ async fn replay_recent(
         let window = monitor.period * (slots + 2) + Duration::from_secs(60);
         let from = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::days(1));
         for dc in &monitor.datacenters {
-            pairs.push((monitor.id, *dc, slots as i32, from));
+            monitors.push(monitor.id);
+            datacenters.push(*dc);
+            limits.push(slots as i32);
+            since.push(from);
         }
     }
     let query = format!(
@@ -620,22 +627,13 @@ async fn replay_recent(
          ) recent ORDER BY scheduled_at"
     );
     let mut replayed = 0;
-    for chunk in pairs.chunks(REPLAY_PAIRS_PER_QUERY) {
-        let mut monitors = Vec::with_capacity(chunk.len());
-        let mut datacenters = Vec::with_capacity(chunk.len());
-        let mut limits = Vec::with_capacity(chunk.len());
-        let mut since = Vec::with_capacity(chunk.len());
-        for &(monitor, dc, slots, from) in chunk {
-            monitors.push(monitor);
-            datacenters.push(dc);
-            limits.push(slots);
-            since.push(from);
-        }
+    for start in (0..pairs).step_by(REPLAY_PAIRS_PER_QUERY) {
+        let chunk = start..pairs.min(start + REPLAY_PAIRS_PER_QUERY);
         let rows = sqlx::query_as::<_, HeartbeatRow>(&query)
-            .bind(monitors)
-            .bind(datacenters)
-            .bind(limits)
-            .bind(since)
+            .bind(&monitors[chunk.clone()])
+            .bind(&datacenters[chunk.clone()])
+            .bind(&limits[chunk.clone()])
+            .bind(&since[chunk])
             // An upper bound too, so each lookup prunes the partitions created ahead
             // (slots are never in the future).
             .bind(now + chrono::Duration::minutes(1))
