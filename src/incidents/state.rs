@@ -161,7 +161,8 @@ pub struct Pair {
     pub last_error: Option<Box<LastError>>,
 }
 
-#[derive(Debug, Clone, Default)]
+/// What a pair's latest failed heartbeat said.
+#[derive(Debug, Clone)]
 pub struct LastError {
     pub kind: Option<Box<str>>,
     pub message: Option<Box<str>>,
