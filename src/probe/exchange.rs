@@ -95,6 +95,8 @@ pub(crate) async fn exchange(
     };
 
     let tcp = connect::connect_timed(&addrs, port, deadline, seen).await?;
+    // The TLS Finished and the HTTP/2 preface wait for the request and leave with it.
+    seen.stamps.hold_writes();
     if !hop.redirected {
         *hop.first_hop_public = seen.remote_ip.map(|ip| (prober.is_public)(ip));
     }

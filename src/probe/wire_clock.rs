@@ -276,7 +276,25 @@ struct Log {
     awaiting_reply: bool,
     /// The last write before that first read (the request's last byte).
     request_sent: Option<Instant>,
+    holding: Holding,
 }
+
+/// When [`StampedTcp`] hands writes to the kernel (see [`StreamStamps::hold_writes`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    /// Each write as it is made.
+    #[default]
+    Off,
+    /// Writes wait; a read sends them (the peer cannot answer what it has not
+    /// received), a flush does not.
+    UntilRead,
+    /// Writes wait for the next flush, which sends them all; a read does not.
+    UntilFlush,
+}
+
+/// Bytes a [`StampedTcp`] holds at most; a larger write (a request body) goes out at
+/// once, after what was held.
+const HELD_MAX: usize = 16 * 1024;
 
 impl StreamStamps {
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
@@ -304,15 +322,33 @@ impl StreamStamps {
 
     /// Starts a request/reply exchange: [`StreamStamps::request_sent`] becomes the last
     /// write before the next read that returns data. (A later write, such as an HTTP/2
-    /// SETTINGS acknowledgement, is not the request.)
+    /// SETTINGS acknowledgement, is not the request.) Writes held since
+    /// [`StreamStamps::hold_writes`] leave with the request, at its flush.
     pub(crate) fn await_reply(&self) {
         let mut log = self.log();
         log.awaiting_reply = true;
         log.request_sent = None;
+        if log.holding == Holding::UntilRead {
+            log.holding = Holding::UntilFlush;
+        }
     }
 
     pub(crate) fn request_sent(&self) -> Option<Instant> {
         self.log().request_sent
+    }
+
+    /// Holds the stream's writes from now on, so that an HTTPS client's last handshake
+    /// message, the HTTP/2 preface and SETTINGS, and the request leave in one segment,
+    /// as browsers send them, instead of three writes, each of which cost the prober a
+    /// system call and the loopback's delivery, and woke the target. Until
+    /// [`StreamStamps::await_reply`], a read sends what is held (the ClientHello, before
+    /// waiting for the server's answer) and a flush does not (the TLS Finished and the
+    /// preface wait); after it, the next flush (the request's) sends everything and
+    /// writes go out as they are made again. Bytes still held when the stream is
+    /// dropped are never sent. For an exchange that always writes and flushes a
+    /// request after its handshakes.
+    pub(crate) fn hold_writes(&self) {
+        self.log().holding = Holding::UntilRead;
     }
 }
 
@@ -324,6 +360,8 @@ pub(crate) struct StampedTcp {
     /// The kernel took the stamping option (receive and transmit stamps).
     kernel_stamps: bool,
     stamps: StreamStamps,
+    /// Writes not yet handed to the kernel (see [`StreamStamps::hold_writes`]).
+    held: Vec<u8>,
 }
 
 impl StampedTcp {
@@ -336,8 +374,48 @@ impl StampedTcp {
             clock: ClockPair::now(),
             kernel_stamps,
             stamps: stamps.clone(),
+            held: Vec::new(),
         };
         (stream, stamps)
+    }
+
+    fn holding(&self) -> Holding {
+        self.stamps.log().holding
+    }
+
+    /// Hands the held bytes to the kernel, stamping the write like any other.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let called = Instant::now();
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote(called);
+            self.held.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Holds `bufs` whole when writes are held and they fit (`Some(bytes)`); otherwise
+    /// sends what is held first and leaves `bufs` to be written (`None`).
+    fn poll_hold(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<Option<usize>>> {
+        if self.holding() == Holding::Off {
+            return Poll::Ready(Ok(None));
+        }
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.held.len() + len <= HELD_MAX {
+            for buf in bufs {
+                self.held.extend_from_slice(buf);
+            }
+            return Poll::Ready(Ok(Some(len)));
+        }
+        ready!(self.poll_send_held(cx))?;
+        Poll::Ready(Ok(None))
     }
 
     fn wrote(&self, called: Instant) {
@@ -393,6 +471,9 @@ impl AsyncRead for StampedTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.holding() == Holding::UntilRead {
+            ready!(this.poll_send_held(cx))?;
+        }
         if !this.kernel_stamps {
             let before = buf.filled().len();
             ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
@@ -447,6 +528,9 @@ impl AsyncWrite for StampedTcp {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(n) = ready!(this.poll_hold(cx, &[io::IoSlice::new(buf)]))? {
+            return Poll::Ready(Ok(n));
+        }
         let called = Instant::now();
         let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, buf))?;
         if n > 0 {
@@ -461,6 +545,9 @@ impl AsyncWrite for StampedTcp {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(n) = ready!(this.poll_hold(cx, bufs))? {
+            return Poll::Ready(Ok(n));
+        }
         let called = Instant::now();
         let n = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs))?;
         if n > 0 {
@@ -474,10 +561,105 @@ impl AsyncWrite for StampedTcp {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        if this.holding() == Holding::UntilFlush {
+            ready!(this.poll_send_held(cx))?;
+            this.stamps.log().holding = Holding::Off;
+        }
+        Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A stamped client stream and the server's end of it.
+    async fn pair() -> (StampedTcp, StreamStamps, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (client, stamps) = StampedTcp::new(client);
+        (client, stamps, server)
+    }
+
+    /// Whatever reaches `server` within 100 ms.
+    async fn arrived(server: &mut TcpStream) -> Vec<u8> {
+        let mut got = vec![0; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), server.read(&mut got)).await {
+            Ok(n) => got.truncate(n.unwrap()),
+            Err(_) => got.clear(),
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn held_writes_leave_with_the_request_in_one_write() {
+        let (mut client, stamps, mut server) = pair().await;
+        stamps.hold_writes();
+        client.write_all(b"finished,").await.unwrap();
+        client.flush().await.unwrap();
+        client.write_all(b"preface,").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(arrived(&mut server).await, b"", "flushes sent held bytes");
+
+        stamps.await_reply();
+        client.write_all(b"request").await.unwrap();
+        assert_eq!(arrived(&mut server).await, b"", "sent before the flush");
+        client.flush().await.unwrap();
+        assert_eq!(arrived(&mut server).await, b"finished,preface,request");
+
+        // The request's flush ended the hold: the stream writes as it always did, and
+        // the request was stamped when it left.
+        client.write_all(b"ack").await.unwrap();
+        assert_eq!(arrived(&mut server).await, b"ack");
+        server.write_all(b"reply").await.unwrap();
+        let mut reply = [0; 5];
+        client.read_exact(&mut reply).await.unwrap();
+        let sent = stamps
+            .request_sent()
+            .expect("the request's write was stamped");
+        assert!(sent <= stamps.last_read().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_read_sends_what_is_held_before_waiting_for_the_answer() {
+        let (mut client, stamps, mut server) = pair().await;
+        stamps.hold_writes();
+        client.write_all(b"hello").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(arrived(&mut server).await, b"");
+        let reader = tokio::spawn(async move {
+            let mut answer = [0; 6];
+            client.read_exact(&mut answer).await.unwrap();
+            answer
+        });
+        assert_eq!(arrived(&mut server).await, b"hello");
+        server.write_all(b"answer").await.unwrap();
+        assert_eq!(&reader.await.unwrap(), b"answer");
+        assert!(stamps.first_write().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_write_larger_than_the_hold_goes_out_at_once_after_what_was_held() {
+        let (mut client, stamps, mut server) = pair().await;
+        stamps.hold_writes();
+        client.write_all(b"held").await.unwrap();
+        let body = vec![b'x'; HELD_MAX];
+        client.write_all(&body).await.unwrap();
+        let mut got = vec![0; 4 + HELD_MAX];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..4], b"held");
+        assert!(got[4..].iter().all(|&b| b == b'x'));
     }
 }

@@ -444,7 +444,8 @@ fn parse_ipv4(ip: &[u8], at: f64, client_ip: Ipv4Addr) -> Option<Packet> {
 ///   server sends no TLS 1.3 session tickets, which would otherwise arrive after the
 ///   client's Finished and could be taken for the response;
 /// - ttfb: the request's last data segment leaving → the first response data segment
-///   arriving (for https: the client data after its Finished).
+///   arriving (for https: the client data from its Finished on; a client may send the
+///   request in the Finished's segment, as browsers and vantage do).
 pub fn wire_phases(packets: &[Packet], https: bool) -> Phases {
     let ms = |a: f64, b: f64| (b - a) * 1000.0;
     let queries: Vec<&Packet> = packets.iter().filter(|p| p.udp && p.out).collect();
@@ -489,7 +490,7 @@ pub fn wire_phases(packets: &[Packet], https: bool) -> Phases {
         };
         let last_server = (hello + 1..finished).rev().find(|&i| !data[i].out);
         tls = last_server.map(|i| ms(data[hello].at, data[i].at));
-        request_from = finished + 1;
+        request_from = finished;
     }
     let response = next(request_from, false);
     let ttfb = response.and_then(|r| {
