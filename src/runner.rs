@@ -491,13 +491,10 @@ fn entries_of(set: &MonitorSet) -> Vec<ScheduleEntry<RunnableMonitor>> {
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
+    let stop = crate::services::stop_requested();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
+        let signal = stop.await;
+        tracing::info!("{signal}: shutting down");
         shutdown.cancel();
     });
 }

@@ -13,6 +13,21 @@
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// Takes over SIGTERM (`docker stop`, systemd, `kill`) and SIGINT (Ctrl-C) from now on:
+/// instead of ending the process, they complete the returned future, with the signal's
+/// name for the log. Must be called inside the runtime.
+pub fn stop_requested() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Running services by name, joined together at shutdown.
 #[derive(Default)]
 pub struct Services {

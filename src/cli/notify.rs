@@ -164,13 +164,9 @@ async fn deliver(datacenter: &str, url: &str, delivery: &NotifyArgs) -> anyhow::
     let agent_id = agent::Registration::start(&pool, identity).await?.id();
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
+    let stop = crate::services::stop_requested();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        stop.await;
         signal.cancel();
     });
     let (elector, election) = Elector::spawn(

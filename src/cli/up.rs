@@ -3,7 +3,7 @@
 //! one that works offline (an instance's own `/healthz`), runs real `vantage run` child
 //! processes — two instances for each of two datacenters — and prints a live summary:
 //! who leads each datacenter and the latest heartbeat of every monitor with its phases.
-//! Ctrl-C stops the children (gracefully) and the database.
+//! Ctrl-C or SIGTERM stops the children (gracefully) and the database.
 //!
 //! It only orchestrates: the children are ordinary `vantage run` processes, and the
 //! summary is read from the database like any user would.
@@ -70,6 +70,10 @@ pub enum UpError {
 }
 
 pub async fn execute(args: UpArgs) -> Result<std::process::ExitCode, UpError> {
+    // From the start: a SIGTERM that ended this process at once would leave the
+    // instances it started running (one held the base port, and the next `vantage up`
+    // failed with "Address already in use").
+    let stop = crate::services::stop_requested();
     let dir = std::fs::create_dir_all(&args.dir)
         .and_then(|()| args.dir.canonicalize())
         .map_err(|err| UpError::Dir(args.dir.display().to_string(), err))?;
@@ -111,7 +115,7 @@ pub async fn execute(args: UpArgs) -> Result<std::process::ExitCode, UpError> {
     }
     print_connection_help(&database_url, &dir, &args);
 
-    summarize_until_interrupted(&pool, &args.datacenters).await;
+    summarize_until(stop, &pool, &args.datacenters).await;
 
     println!("\nStopping {} instances ...", children.len());
     for child in &children {
@@ -194,11 +198,16 @@ fn print_connection_help(database_url: &str, dir: &Path, args: &UpArgs) {
     println!("  e.g. SELECT * FROM api_heartbeats ORDER BY scheduled_at DESC LIMIT 10;\n");
 }
 
-async fn summarize_until_interrupted(pool: &PgPool, datacenters: &[String]) {
+async fn summarize_until(
+    stop: impl std::future::Future<Output = &'static str>,
+    pool: &PgPool,
+    datacenters: &[String],
+) {
     let clear = std::io::stdout().is_terminal();
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
+            _ = &mut stop => return,
             _ = tokio::time::sleep(REFRESH) => {}
         }
         match summary(pool, datacenters).await {
