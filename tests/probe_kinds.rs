@@ -419,7 +419,7 @@ async fn rows_of_every_kind_load_and_bad_ones_are_refused_by_name() {
     assert!(rejected.is_empty(), "{rejected:?}");
     let kinds: Vec<(String, Kind)> = runnable
         .iter()
-        .map(|m| (m.name.clone(), m.monitor.kind()))
+        .map(|m| (m.name.to_string(), m.monitor.kind()))
         .collect();
     assert_eq!(
         kinds,

@@ -257,8 +257,10 @@ pub struct Monitor {
     pub(crate) verify_tls: bool,
     timeout: Duration,
     assertions: Assertions,
-    warning_ms: Option<f64>,
-    critical_ms: Option<f64>,
+    /// Latency grades; `f32` (exact for whole milliseconds up to 4.6 hours) keeps every
+    /// monitor 16 bytes smaller than `f64` did.
+    warning_ms: Option<f32>,
+    critical_ms: Option<f32>,
 }
 
 impl Monitor {
@@ -288,8 +290,8 @@ impl Monitor {
             verify_tls: spec.verify_tls,
             timeout: spec.timeout,
             assertions,
-            warning_ms: spec.warning_ms,
-            critical_ms: spec.critical_ms,
+            warning_ms: spec.warning_ms.map(|ms| ms as f32),
+            critical_ms: spec.critical_ms.map(|ms| ms as f32),
         })
     }
 
@@ -337,9 +339,9 @@ impl Monitor {
 
     /// Up, or slow enough to be a warning or critical, by `total_ms`.
     pub(crate) fn grade(&self, total_ms: f64) -> super::ProbeStatus {
-        if self.critical_ms.is_some_and(|c| total_ms > c) {
+        if self.critical_ms.is_some_and(|c| total_ms > f64::from(c)) {
             super::ProbeStatus::Critical
-        } else if self.warning_ms.is_some_and(|w| total_ms > w) {
+        } else if self.warning_ms.is_some_and(|w| total_ms > f64::from(w)) {
             super::ProbeStatus::Warning
         } else {
             super::ProbeStatus::Up
@@ -353,7 +355,7 @@ fn judged_by(spec: &MonitorSpec) -> Result<Assertions, InvalidMonitor> {
     spec.assertions
         .check_applicable(spec.kind.as_str())
         .map_err(|err| invalid("assertions", err.to_string()))?;
-    let mut all = Assertions::default();
+    let mut all = Vec::new();
     if spec.kind == Kind::Http {
         if !spec.assertions.has_status() {
             let status = StatusSet::parse(&spec.expected_status)
@@ -367,11 +369,8 @@ fn judged_by(spec: &MonitorSpec) -> Result<Assertions, InvalidMonitor> {
             all.push(Assertion::Body(BodyCheck::Contains(text.clone())));
         }
     }
-    for assertion in spec.assertions.iter() {
-        all.push(assertion.clone());
-    }
-    all.shrink_to_fit();
-    Ok(all)
+    all.extend(spec.assertions.iter().cloned());
+    Ok(all.into())
 }
 
 /// `text` (a URL, or a relative reference from a `Location` header) with its query

@@ -57,21 +57,21 @@ enum Expected {
 /// A validated `dns` target.
 #[derive(Clone)]
 pub(crate) struct DnsTarget {
+    /// Its host is the name asked for (see [`DnsTarget::fqdn`]).
     url: Url,
-    fqdn: String,
     record_type: RecordType,
     /// A resolver of its own when the monitor names a server; else the prober's.
     /// Boxed: a resolver is hundreds of bytes, and the `Target` enum is as large as its
     /// largest kind, so inline it would cost every monitor of every kind that much.
     server: Option<Box<(SocketAddr, TokioResolver)>>,
-    answers: Vec<String>,
+    answers: Box<[String]>,
     expected: Expected,
 }
 
 impl fmt::Debug for DnsTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DnsTarget")
-            .field("fqdn", &self.fqdn)
+            .field("fqdn", &self.fqdn())
             .field("type", &self.record_type)
             .field("server", &self.server.as_deref().map(|(addr, _)| addr))
             .field("answers", &self.answers)
@@ -89,8 +89,7 @@ impl DnsTarget {
                 format!("{:?} is not a valid URL: {err}; {example}", spec.url),
             )
         })?;
-        let name = url
-            .host_str()
+        url.host_str()
             .filter(|name| !name.is_empty())
             .ok_or_else(|| invalid("url", format!("{} names no domain; {example}", url)))?;
         if !matches!(url.path(), "" | "/") {
@@ -99,11 +98,6 @@ impl DnsTarget {
                 format!("{url} has a path; the name goes where the host does: {example}"),
             ));
         }
-        let fqdn = if name.ends_with('.') {
-            name.to_string()
-        } else {
-            format!("{name}.")
-        };
         let mut record_type = RecordType::A;
         let mut server = None;
         for (key, value) in url.query_pairs() {
@@ -163,12 +157,23 @@ impl DnsTarget {
         }
         Ok(DnsTarget {
             url,
-            fqdn,
             record_type,
             server,
-            answers,
+            answers: answers.into_boxed_slice(),
             expected,
         })
+    }
+
+    /// The name asked for, absolute (with its final dot). Derived from the URL on each
+    /// probe rather than kept: a `dns` target kept no larger than an `http` one keeps
+    /// every monitor of any kind in a smaller allocation (see `monitors`' size test).
+    fn fqdn(&self) -> String {
+        let name = self.url.host_str().unwrap_or_default();
+        if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        }
     }
 
     pub(crate) fn url(&self) -> &Url {
@@ -188,10 +193,11 @@ pub(crate) async fn probe(
         }
         None => prober.resolver.hickory(),
     };
-    let name = dns.fqdn.trim_end_matches('.');
+    let fqdn = dns.fqdn();
+    let name = fqdn.trim_end_matches('.');
     seen.phase = Phase::Dns;
     seen.timings.hop().dns_start = Some(std::time::Instant::now());
-    let result = resolver.lookup(dns.fqdn.as_str(), dns.record_type).await;
+    let result = resolver.lookup(fqdn.as_str(), dns.record_type).await;
     seen.timings.hop().dns_done = Some(std::time::Instant::now());
     let (rcode, answers) = match result {
         Ok(lookup) => (
@@ -310,7 +316,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.record_type, RecordType::MX);
-        assert_eq!(ok.fqdn, "example.com.");
+        assert_eq!(ok.fqdn(), "example.com.");
         assert_eq!(ok.server.as_deref().map(|(a, _)| a.port()), Some(5353));
         let err = DnsTarget::new(&spec("dns://example.com?type=PTR", json!({}))).unwrap_err();
         assert!(

@@ -41,6 +41,14 @@ pub(crate) struct TcpTarget {
     url: Url,
     host: Host,
     port: u16,
+    /// `None` when the monitor only connects, as most do. Boxed: inline, these were
+    /// the largest fields of any kind, and `Target` is as large as its largest kind.
+    exchange: Option<Box<TcpExchange>>,
+}
+
+/// What a `tcp` monitor sends and expects back.
+#[derive(Clone)]
+struct TcpExchange {
     send: Option<Vec<u8>>,
     expect: Option<String>,
 }
@@ -50,8 +58,8 @@ impl fmt::Debug for TcpTarget {
         // What is sent may be a password (an AUTH line): only its size is shown.
         f.debug_struct("TcpTarget")
             .field("url", &self.url.as_str())
-            .field("send_bytes", &self.send.as_ref().map(Vec::len))
-            .field("expect", &self.expect)
+            .field("send_bytes", &self.send().map(<[u8]>::len))
+            .field("expect", &self.expect())
             .finish()
     }
 }
@@ -66,17 +74,30 @@ impl TcpTarget {
                 "expect is empty; leave it out to only connect",
             ));
         }
+        let exchange = (settings.send.is_some() || settings.expect.is_some()).then(|| {
+            Box::new(TcpExchange {
+                send: settings.send.map(String::into_bytes),
+                expect: settings.expect,
+            })
+        });
         Ok(TcpTarget {
             url,
             host,
             port,
-            send: settings.send.map(String::into_bytes),
-            expect: settings.expect,
+            exchange,
         })
     }
 
     pub(crate) fn url(&self) -> &Url {
         &self.url
+    }
+
+    fn send(&self) -> Option<&[u8]> {
+        self.exchange.as_ref()?.send.as_deref()
+    }
+
+    fn expect(&self) -> Option<&str> {
+        self.exchange.as_ref()?.expect.as_deref()
     }
 }
 
@@ -89,7 +110,7 @@ pub(crate) async fn probe(
 ) -> Result<(), Failure> {
     let (addrs, _) = dns::resolve_host(prober, &tcp.host, monitor.ip_family, seen).await?;
     let mut stream = connect::connect_timed(&addrs, tcp.port, deadline, seen).await?;
-    if let Some(bytes) = &tcp.send {
+    if let Some(bytes) = tcp.send() {
         seen.phase = Phase::Reply;
         stream
             .write_all(bytes)
@@ -97,7 +118,7 @@ pub(crate) async fn probe(
             .map_err(|err| closed("sending", &err))?;
     }
     seen.timings.hop().ready = Some(std::time::Instant::now());
-    match &tcp.expect {
+    match tcp.expect() {
         Some(expected) => read_until(&mut stream, expected, seen).await,
         None => Ok(()),
     }
