@@ -109,6 +109,14 @@ impl HttpTarget {
                 ),
             )
         })?;
+        // Otherwise the monitor would be down on every probe, for its own configuration.
+        if method == Method::HEAD && (spec.body_contains.is_some() || spec.assertions.needs_body())
+        {
+            return Err(invalid(
+                "method",
+                "HEAD gets no response body, so body_contains and body or json assertions could never pass; use GET",
+            ));
+        }
 
         let url = parse_url(spec.url.trim())?;
 
@@ -449,6 +457,27 @@ mod tests {
         let mut s = spec("http://127.0.0.1/");
         s.ip_family = "ipv6".into();
         assert_eq!(Monitor::new(s).unwrap_err().field, "url");
+    }
+
+    #[test]
+    fn head_with_a_check_of_the_body_is_refused() {
+        let head = |body_contains: Option<&str>, assertions: &[&str]| {
+            let mut s = spec("http://example.com/");
+            s.method = "head".into();
+            s.body_contains = body_contains.map(str::to_string);
+            s.assertions = crate::assertions::Assertions::from_texts(assertions).unwrap();
+            Monitor::new(s)
+        };
+        for refused in [
+            head(Some("ok"), &[]),
+            head(None, &["body:contains ok"]),
+            head(None, &["json:$.status == \"ok\""]),
+        ] {
+            let err = refused.unwrap_err();
+            assert_eq!(err.field, "method");
+            assert!(err.to_string().contains("use GET"), "{err}");
+        }
+        assert!(head(None, &["status:200", "header:etag exists"]).is_ok());
     }
 
     #[test]
