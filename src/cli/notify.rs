@@ -12,10 +12,11 @@ use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentIdentity};
+use crate::cli::run::NotifyArgs;
 use crate::leadership::{ElectionConfig, Elector, LeadershipScope};
 use crate::metrics::Metrics;
 use crate::notify::outbox::{self, Outcome};
-use crate::notify::{signature, Deliverer, NotifyArgs};
+use crate::notify::{signature, Deliverer};
 use crate::storage;
 
 #[derive(Debug, clap::Args)]

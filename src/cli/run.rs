@@ -14,12 +14,15 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 
-use crate::{leadership, notify, runner};
+use crate::notify::{NotifyConfig, NotifyConfigError};
+use crate::probe::Prober;
+use crate::{leadership, runner};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -87,7 +90,65 @@ pub struct RunArgs {
     pub leader_lease: Duration,
     /// Notification delivery, on the instance that leads the incident evaluator.
     #[command(flatten)]
-    pub notify: notify::NotifyArgs,
+    pub notify: NotifyArgs,
+}
+
+/// Flags of notification delivery; `vantage run` flattens them into its own, and
+/// `vantage notify` uses them too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NotifyArgs {
+    /// Deadline of one delivery attempt. 100ms to 5m.
+    #[arg(long, env = "VANTAGE_NOTIFY_ATTEMPT_TIMEOUT", default_value = "10s",
+          value_parser = duration(Duration::from_millis(100)..=5 * MINUTE))]
+    pub notify_attempt_timeout: Duration,
+    /// Delay before the first retry of a failed notification (doubled each time, with
+    /// jitter). 100ms to 1h.
+    #[arg(long, env = "VANTAGE_NOTIFY_BACKOFF_BASE", default_value = "5s",
+          value_parser = duration(Duration::from_millis(100)..=HOUR))]
+    pub notify_backoff_base: Duration,
+    /// Longest delay between two attempts; at least the base. 1s to 7days.
+    #[arg(long, env = "VANTAGE_NOTIFY_BACKOFF_MAX", default_value = "1h",
+          value_parser = duration(Duration::from_secs(1)..=7 * 24 * HOUR))]
+    pub notify_backoff_max: Duration,
+    /// Give a notification up (status failed) when it still fails this long after it
+    /// was queued. 1m to 30days.
+    #[arg(long, env = "VANTAGE_NOTIFY_GIVE_UP_AFTER", default_value = "24h",
+          value_parser = duration(MINUTE..=30 * 24 * HOUR))]
+    pub notify_give_up_after: Duration,
+    /// Most delivery attempts in flight at once.
+    #[arg(long, env = "VANTAGE_NOTIFY_CONCURRENCY", default_value_t = 32)]
+    pub notify_concurrency: usize,
+    /// How often reminders (routes with repeat_every) and certificate notices are
+    /// queued. 1s to 1h.
+    #[arg(long, env = "VANTAGE_NOTIFY_SWEEP_INTERVAL", default_value = "1m",
+          value_parser = duration(Duration::from_secs(1)..=HOUR))]
+    pub notify_sweep_interval: Duration,
+}
+
+impl NotifyArgs {
+    /// The configuration, with a prober set up from the environment
+    /// (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
+    pub fn config(&self) -> Result<NotifyConfig, NotifyConfigError> {
+        if self.notify_concurrency == 0 {
+            return Err(NotifyConfigError::ZeroConcurrency);
+        }
+        if self.notify_backoff_max < self.notify_backoff_base {
+            let shown = |d: Duration| humantime::format_duration(d).to_string();
+            return Err(NotifyConfigError::BackoffMaxBelowBase {
+                base: shown(self.notify_backoff_base),
+                max: shown(self.notify_backoff_max),
+            });
+        }
+        let prober = Prober::from_env()?;
+        let mut config = NotifyConfig::new(Arc::new(prober));
+        config.attempt_timeout = self.notify_attempt_timeout;
+        config.backoff_base = self.notify_backoff_base;
+        config.backoff_max = self.notify_backoff_max;
+        config.give_up_after = self.notify_give_up_after;
+        config.concurrency = self.notify_concurrency;
+        config.sweep_interval = self.notify_sweep_interval;
+        Ok(config)
+    }
 }
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -191,5 +252,42 @@ mod tests {
         assert_eq!(cli.run.retention_days, 30);
         assert_eq!(cli.run.writer_memory_rows, 100_000);
         assert_eq!(cli.run.leader_lease, Duration::from_secs(10));
+        assert!(
+            cli.run.notify.config().is_ok(),
+            "the defaults must be usable"
+        );
+    }
+
+    /// A zero sweep interval panicked the notification worker, a zero backoff retried
+    /// a failing endpoint in a busy loop, a zero attempt timeout failed every delivery.
+    #[test]
+    fn notification_durations_out_of_range_are_refused_with_the_variable_and_the_range() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["vantage", "--datacenter", "va", "--database-url", "x"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv)
+        };
+        let err = parse(&["--notify-sweep-interval", "0s"]).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "error: VANTAGE_NOTIFY_SWEEP_INTERVAL=\"0s\" (--notify-sweep-interval) is out of range; use a value from 1s to 1h\n"
+        );
+        for flag in [
+            "--notify-attempt-timeout",
+            "--notify-backoff-base",
+            "--notify-give-up-after",
+        ] {
+            let err = parse(&[flag, "0s"]).err().unwrap().to_string();
+            assert!(
+                err.contains(&flag[2..]) && err.contains("use a value from"),
+                "{err}"
+            );
+        }
+        let cli = parse(&["--notify-backoff-base", "10m", "--notify-backoff-max", "1m"]).unwrap();
+        let err = cli.run.notify.config().unwrap_err().to_string();
+        assert!(
+            err.contains("shorter than VANTAGE_NOTIFY_BACKOFF_BASE"),
+            "{err}"
+        );
     }
 }

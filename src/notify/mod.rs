@@ -35,7 +35,7 @@ pub use worker::{spawn, Deliverer};
 
 use crate::probe::Prober;
 
-/// How the worker delivers. [`NotifyArgs`] fills it from flags and the environment.
+/// How the worker delivers. `cli::run::NotifyArgs` fills it from flags and the environment.
 #[derive(Debug, Clone)]
 pub struct NotifyConfig {
     /// One attempt's deadline (connect, TLS, request, answer; or the SMTP dialogue).
@@ -92,42 +92,11 @@ impl NotifyConfig {
     }
 }
 
-/// Flags of notification delivery; `vantage run` flattens them into its own.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NotifyArgs {
-    /// Deadline of one delivery attempt.
-    #[arg(long, env = "VANTAGE_NOTIFY_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub notify_attempt_timeout: Duration,
-    /// Delay before the first retry of a failed notification (doubled each time, with jitter).
-    #[arg(long, env = "VANTAGE_NOTIFY_BACKOFF_BASE", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub notify_backoff_base: Duration,
-    /// Longest delay between two attempts.
-    #[arg(long, env = "VANTAGE_NOTIFY_BACKOFF_MAX", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub notify_backoff_max: Duration,
-    /// Give a notification up (status failed) when it still fails this long after it was queued.
-    #[arg(long, env = "VANTAGE_NOTIFY_GIVE_UP_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub notify_give_up_after: Duration,
-    /// Most delivery attempts in flight at once.
-    #[arg(long, env = "VANTAGE_NOTIFY_CONCURRENCY", default_value_t = 32)]
-    pub notify_concurrency: usize,
-    /// How often reminders (routes with repeat_every) and certificate notices are queued.
-    #[arg(long, env = "VANTAGE_NOTIFY_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
-    pub notify_sweep_interval: Duration,
-}
-
 /// Why the delivery settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyConfigError {
     #[error("VANTAGE_NOTIFY_CONCURRENCY must be at least 1")]
     ZeroConcurrency,
-    #[error("{variable} (--{flag}) is {value}; use a value from {min} to {max}")]
-    OutOfRange {
-        variable: &'static str,
-        flag: &'static str,
-        value: String,
-        min: String,
-        max: String,
-    },
     #[error("VANTAGE_NOTIFY_BACKOFF_MAX ({max}) is shorter than VANTAGE_NOTIFY_BACKOFF_BASE ({base}); raise the first or lower the second")]
     BackoffMaxBelowBase { base: String, max: String },
     /// The HTTP client (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
@@ -135,134 +104,9 @@ pub enum NotifyConfigError {
     Prober(#[from] crate::probe::ProberError),
 }
 
-impl NotifyArgs {
-    /// The configuration, with a prober set up from the environment
-    /// (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
-    pub fn config(&self) -> Result<NotifyConfig, NotifyConfigError> {
-        if self.notify_concurrency == 0 {
-            return Err(NotifyConfigError::ZeroConcurrency);
-        }
-        self.check_durations()?;
-        let prober = Prober::from_env()?;
-        let mut config = NotifyConfig::new(Arc::new(prober));
-        config.attempt_timeout = self.notify_attempt_timeout;
-        config.backoff_base = self.notify_backoff_base;
-        config.backoff_max = self.notify_backoff_max;
-        config.give_up_after = self.notify_give_up_after;
-        config.concurrency = self.notify_concurrency;
-        config.sweep_interval = self.notify_sweep_interval;
-        Ok(config)
-    }
-
-    /// Each duration within what the worker can use: a zero sweep interval stopped the
-    /// worker with a panic, a zero backoff retried a failing endpoint in a busy loop,
-    /// and a zero attempt timeout failed every delivery.
-    fn check_durations(&self) -> Result<(), NotifyConfigError> {
-        const SECOND: Duration = Duration::from_secs(1);
-        const HOUR: Duration = Duration::from_secs(3600);
-        const DAY: Duration = Duration::from_secs(24 * 3600);
-        let shown = |d: Duration| humantime::format_duration(d).to_string();
-        for (variable, flag, value, min, max) in [
-            (
-                "VANTAGE_NOTIFY_ATTEMPT_TIMEOUT",
-                "notify-attempt-timeout",
-                self.notify_attempt_timeout,
-                SECOND / 10,
-                5 * 60 * SECOND,
-            ),
-            (
-                "VANTAGE_NOTIFY_BACKOFF_BASE",
-                "notify-backoff-base",
-                self.notify_backoff_base,
-                SECOND / 10,
-                HOUR,
-            ),
-            (
-                "VANTAGE_NOTIFY_BACKOFF_MAX",
-                "notify-backoff-max",
-                self.notify_backoff_max,
-                SECOND,
-                7 * DAY,
-            ),
-            (
-                "VANTAGE_NOTIFY_GIVE_UP_AFTER",
-                "notify-give-up-after",
-                self.notify_give_up_after,
-                60 * SECOND,
-                30 * DAY,
-            ),
-            (
-                "VANTAGE_NOTIFY_SWEEP_INTERVAL",
-                "notify-sweep-interval",
-                self.notify_sweep_interval,
-                SECOND,
-                HOUR,
-            ),
-        ] {
-            if !(min..=max).contains(&value) {
-                return Err(NotifyConfigError::OutOfRange {
-                    variable,
-                    flag,
-                    value: shown(value),
-                    min: shown(min),
-                    max: shown(max),
-                });
-            }
-        }
-        if self.notify_backoff_max < self.notify_backoff_base {
-            return Err(NotifyConfigError::BackoffMaxBelowBase {
-                base: shown(self.notify_backoff_base),
-                max: shown(self.notify_backoff_max),
-            });
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(clap::Parser)]
-    struct Flags {
-        #[command(flatten)]
-        notify: NotifyArgs,
-    }
-
-    fn config_of(flags: &[&str]) -> Result<NotifyConfig, NotifyConfigError> {
-        let mut argv = vec!["vantage"];
-        argv.extend_from_slice(flags);
-        Flags::try_parse_from(argv).unwrap().notify.config()
-    }
-
-    #[test]
-    fn durations_out_of_range_are_refused_with_the_variable_and_the_range() {
-        assert!(config_of(&[]).is_ok(), "the defaults must be usable");
-        let err = config_of(&["--notify-sweep-interval", "0s"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "VANTAGE_NOTIFY_SWEEP_INTERVAL (--notify-sweep-interval) is 0s; use a value from 1s to 1h"
-        );
-        for flag in [
-            "--notify-attempt-timeout",
-            "--notify-backoff-base",
-            "--notify-give-up-after",
-        ] {
-            let err = config_of(&[flag, "0s"]).unwrap_err().to_string();
-            assert!(
-                err.contains(&flag[2..]) && err.contains("use a value from"),
-                "{err}"
-            );
-        }
-        let err = config_of(&["--notify-backoff-base", "10m", "--notify-backoff-max", "1m"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("shorter than VANTAGE_NOTIFY_BACKOFF_BASE"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
