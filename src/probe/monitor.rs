@@ -284,6 +284,15 @@ impl Monitor {
         let ip_family = IpFamily::parse(&spec.ip_family)?;
         let assertions = judged_by(&spec)?;
         let target = kinds::Target::new(&spec, ip_family)?;
+        // Otherwise the monitor would be down on every probe, for its own configuration.
+        if matches!(&target, Target::Http(http) if http.method() == http::Method::HEAD)
+            && assertions.needs_body()
+        {
+            return Err(invalid(
+                "method",
+                "HEAD gets no response body, so body_contains and body or json assertions could never pass; use GET",
+            ));
+        }
         Ok(Monitor {
             target,
             ip_family,

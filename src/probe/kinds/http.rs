@@ -109,14 +109,6 @@ impl HttpTarget {
                 ),
             )
         })?;
-        // Otherwise the monitor would be down on every probe, for its own configuration.
-        if method == Method::HEAD && (spec.body_contains.is_some() || spec.assertions.needs_body())
-        {
-            return Err(invalid(
-                "method",
-                "HEAD gets no response body, so body_contains and body or json assertions could never pass; use GET",
-            ));
-        }
 
         let url = parse_url(spec.url.trim())?;
 
