@@ -20,7 +20,8 @@
 //! the option) is replaced by the instant the system call returned: the fallback is the
 //! old behaviour, never a wrong phase.
 //!
-//! Owns the stamping socket wrapper [`StampedTcp`] and its [`StreamStamps`], and the
+//! Owns the stamping socket wrapper [`StampedTcp`] and its [`StreamStamps`] (including
+//! holding writes until a request leaves, [`StreamStamps::hold_writes`]), and the
 //! stamped datagram calls `dns_query` uses; it knows nothing of HTTP, TLS, DNS or
 //! phases beyond "first write", "last read", "reply".
 
