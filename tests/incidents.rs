@@ -183,6 +183,60 @@ async fn shop_everywhere(beats: i64) -> Scene {
     }
 }
 
+/// Flags of monitors and datacenters deleted meanwhile are removed when an evaluation
+/// starts (and hourly); the flags of existing pairs stay.
+#[tokio::test]
+async fn the_evaluator_removes_flags_of_deleted_monitors_and_datacenters() {
+    let db = TestDb::fresh().await;
+    let target = Target::start().await;
+    let dcs = seed_datacenters(&db.pool, &["va"]).await;
+    let url = format!("http://{}/health", target.addr);
+    let monitor = seed_monitor(&db.pool, "shop", &url, 1).await;
+    let deleted_monitor = seed_monitor(&db.pool, "gone", &url, 1).await;
+    let deleted_dc = seed_datacenters(&db.pool, &["old"]).await[0];
+    let pairs = [
+        (monitor, dcs[0]),
+        (deleted_monitor, dcs[0]),
+        (monitor, deleted_dc),
+    ];
+    for (m, d) in pairs {
+        sqlx::query(
+            "INSERT INTO monitor_dc_state (monitor_id, datacenter_id, failing, changed_at) \
+             VALUES ($1, $2, false, now())",
+        )
+        .bind(m)
+        .bind(d)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql(&format!(
+        "DELETE FROM api_monitors WHERE id = {deleted_monitor}; \
+         DELETE FROM datacenters WHERE id = {deleted_dc}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let _instance = start(&db, "va", "va-1", Vec::new());
+    evaluator(&db.pool).await;
+    let left = eventually(
+        "only the existing pair's flags",
+        Duration::from_secs(30),
+        || async {
+            let left: Vec<(i32, i32)> = sqlx::query_as(
+                "SELECT monitor_id, datacenter_id FROM monitor_dc_state ORDER BY 1, 2",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            (left.len() == 1).then_some(left)
+        },
+    )
+    .await;
+    assert_eq!(left, vec![(monitor, dcs[0])]);
+}
+
 #[tokio::test]
 async fn a_target_down_everywhere_opens_one_incident_and_resolves_it_once() {
     let Scene {

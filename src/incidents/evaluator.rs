@@ -136,6 +136,7 @@ async fn evaluate(
     let mut config_loaded = Instant::now();
     let mut config_changed = false;
     let mut expanded = Instant::now();
+    let mut pruned: Option<Instant> = None;
     let mut listener = None;
     loop {
         if listener.is_none() {
@@ -163,9 +164,43 @@ async fn evaluate(
             evaluation.expand_maintenance().await;
             expanded = Instant::now();
         }
+        if pruned.is_none_or(|at| at.elapsed() >= ORPHAN_PRUNE_EVERY) {
+            prune_orphaned_flags(pool).await;
+            pruned = Some(Instant::now());
+        }
         let read = evaluation.tick().await?;
         metrics.observe_evaluation(read, tick_started.elapsed());
         metrics.set_open_incidents(&evaluation.open_by_kind());
+    }
+}
+
+/// How often flags of deleted monitors and datacenters are removed (and once when an
+/// evaluation starts). Nothing else removes them: `monitor_dc_state` has no foreign keys,
+/// so that a flag written while its monitor is being deleted cannot fail the tick's
+/// transaction; the row it leaves goes at the next prune.
+const ORPHAN_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes the `monitor_dc_state` rows whose monitor or datacenter no longer exists, so
+/// that a configuration that adds and removes monitors (`vantage apply` of changing
+/// files) does not grow the table, and each resume's read of it, for ever. A failure is
+/// logged and retried at the next prune; it never stops the evaluation.
+async fn prune_orphaned_flags(pool: &PgPool) {
+    let pruned = sqlx::query(
+        "DELETE FROM monitor_dc_state s \
+         WHERE NOT EXISTS (SELECT 1 FROM api_monitors m WHERE m.id = s.monitor_id) \
+            OR NOT EXISTS (SELECT 1 FROM datacenters d WHERE d.id = s.datacenter_id)",
+    )
+    .execute(pool)
+    .await;
+    match pruned {
+        Ok(done) if done.rows_affected() > 0 => tracing::info!(
+            rows = done.rows_affected(),
+            "removed the failing/degraded flags of deleted monitors and datacenters"
+        ),
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "removing flags of deleted monitors failed; retried within the hour")
+        }
     }
 }
 
@@ -506,8 +541,7 @@ async fn load_stored_flags(
     conn: &mut PgConnection,
 ) -> Result<HashMap<(i32, i32), StoredFlags>, sqlx::Error> {
     let rows = sqlx::query_as(
-        // Rows of deleted monitors stay behind (nothing removes them) and would only
-        // take room here.
+        // Rows of monitors deleted since the last prune would only take room here.
         "SELECT s.monitor_id, s.datacenter_id, s.failing, s.degraded, s.changed_at \
          FROM monitor_dc_state s WHERE EXISTS (SELECT 1 FROM api_monitors m WHERE m.id = s.monitor_id)",
     )
