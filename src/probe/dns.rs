@@ -36,7 +36,7 @@ use super::{dns_query, Failure, IpFamily, Prober, ProberError};
 use crate::probe::ErrorKind;
 
 /// How long one server gets to answer (our own exchange, and each resolver attempt).
-const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the probes of a `Prober` resolve hosts with.
 pub(crate) struct Resolver {
@@ -60,9 +60,30 @@ impl Resolver {
         })
     }
 
-    /// The hickory resolver itself (the DNS kind's queries of any record type).
+    /// The hickory resolver itself (the DNS kind's queries of any record type, when the
+    /// wire exchange did not settle them).
     pub(crate) fn hickory(&self) -> &TokioResolver {
         &self.resolver
+    }
+
+    /// Asks the first configured server for `types` records of `name` from a socket of
+    /// the probe's own, stamped on the wire (`dns_query`). `None` when there is no wire
+    /// to time (no UDP server, or a name the resolver answers itself: RFC 6761's
+    /// localhost, /etc/hosts) or no complete set of answers came back.
+    pub(crate) async fn ask_first_server(
+        &self,
+        name: &Name,
+        types: &[RecordType],
+    ) -> Option<dns_query::Exchange> {
+        let server = self.first_server?;
+        let static_host = types.iter().any(|&record_type| {
+            let query = Query::query(name.clone(), record_type);
+            self.hosts.lookup_static_host(&query).is_some()
+        });
+        if name.is_localhost() || static_host {
+            return None;
+        }
+        dns_query::exchange(server, name, types, SERVER_TIMEOUT).await
     }
 }
 
@@ -211,7 +232,19 @@ pub(crate) async fn resolve(
         IpFamily::Any => &[RecordType::AAAA, RecordType::A],
     };
     let started = Instant::now();
-    if let Some((results, sent, answered)) = ask_first_server(resolver, fqdn, types).await {
+    let direct = match Name::from_ascii(fqdn) {
+        Ok(name) => resolver.ask_first_server(&name, types).await,
+        Err(_) => None,
+    };
+    let settled = direct.as_ref().and_then(|exchange| {
+        let results = exchange
+            .answers
+            .iter()
+            .map(|answer| settled(fqdn, answer))
+            .collect::<Option<Vec<_>>>()?;
+        Some((results, exchange.sent, exchange.answered))
+    });
+    if let Some((results, sent, answered)) = settled {
         return Ok(Resolved {
             addrs: combine(fqdn, family, results)?,
             started: sent,
@@ -233,33 +266,6 @@ pub(crate) async fn resolve(
         started,
         done: Instant::now(),
     })
-}
-
-/// One lookup result per record type asked, and when the exchange left and ended on
-/// the wire; `None` when the first server's answers do not settle the lookup.
-async fn ask_first_server(
-    resolver: &Resolver,
-    fqdn: &str,
-    types: &[RecordType],
-) -> Option<(Vec<Result<Vec<IpAddr>, Failure>>, Instant, Instant)> {
-    let server = resolver.first_server?;
-    let name = Name::from_ascii(fqdn).ok()?;
-    // Names the resolver answers itself (RFC 6761's localhost, /etc/hosts) have no
-    // wire to time, and a server must not be asked about them.
-    let static_host = types.iter().any(|&record_type| {
-        let query = Query::query(name.clone(), record_type);
-        resolver.hosts.lookup_static_host(&query).is_some()
-    });
-    if name.is_localhost() || static_host {
-        return None;
-    }
-    let exchange = dns_query::exchange(server, &name, types, SERVER_TIMEOUT).await?;
-    let results = exchange
-        .answers
-        .iter()
-        .map(|answer| settled(fqdn, answer))
-        .collect::<Option<Vec<_>>>()?;
-    Some((results, exchange.sent, exchange.answered))
 }
 
 /// What an answer says about the name, as the resolver would report it; `None` when it

@@ -510,6 +510,8 @@ pub fn wire_phases(packets: &[Packet], https: bool) -> Phases {
 pub struct Results {
     pub vantage_http: Vec<(Phases, Phases)>,
     pub vantage_https: Vec<(Phases, Phases)>,
+    /// The `dns` kind (`dns://HOST?type=A`): a query and nothing else.
+    pub vantage_dns_kind: Vec<(Phases, Phases)>,
     /// `vantage check`, a fresh process per probe.
     pub check_http: Vec<(Phases, Phases)>,
     pub check_https: Vec<(Phases, Phases)>,
@@ -524,6 +526,7 @@ impl Results {
         for (what, pairs) in [
             ("vantage http", &self.vantage_http),
             ("vantage https", &self.vantage_https),
+            ("vantage dns kind", &self.vantage_dns_kind),
             ("vantage check http", &self.check_http),
             ("vantage check https", &self.check_https),
             ("curl http", &self.curl_http),
@@ -545,7 +548,7 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
     let capture = lab.capture();
     let (dns, ca) = (lab.dns_server(), lab.ca.cert_der.clone());
     let urls = [lab.http_url(), lab.https_url()];
-    let probes: Vec<Timed> = lab.in_client(move |runtime| {
+    let (probes, dns_kind): (Vec<Timed>, Vec<Timed>) = lab.in_client(move |runtime| {
         runtime.block_on(async move {
             let prober = vantage::probe::Prober::builder()
                 .dns_servers(vec![dns])
@@ -563,11 +566,34 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
                     .expect("a valid monitor")
                 })
                 .collect();
-            for monitor in &monitors {
+            let dns_monitor = vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
+                kind: vantage::probe::Kind::Dns,
+                url: format!("dns://{HOST}?type=A"),
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .expect("a valid dns monitor");
+            for monitor in monitors.iter().chain([&dns_monitor]) {
                 prober.probe(monitor).await;
             }
             let mut out = Vec::new();
+            let mut dns_out = Vec::new();
             for _ in 0..runs {
+                let from = unix_now();
+                let report = prober.probe(&dns_monitor).await;
+                let to = unix_now();
+                assert_eq!(
+                    report.status,
+                    vantage::ProbeStatus::Up,
+                    "dns kind: {:?}",
+                    report.error_message
+                );
+                let stored = Phases {
+                    dns: report.dns_ms,
+                    ..Phases::default()
+                };
+                dns_out.push((false, from, to, stored));
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 for (i, monitor) in monitors.iter().enumerate() {
                     let from = unix_now();
                     let report = prober.probe(monitor).await;
@@ -590,7 +616,7 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                 }
             }
-            out
+            (out, dns_out)
         })
     });
     let external = |tool: &dyn Fn(&str) -> Phases| {
@@ -620,6 +646,7 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
     Results {
         vantage_http: pair(&probes, false),
         vantage_https: pair(&probes, true),
+        vantage_dns_kind: pair(&dns_kind, false),
         check_http: pair(&checks, false),
         check_https: pair(&checks, true),
         curl_http: pair(&curls, false),

@@ -8,21 +8,28 @@
 //! ask for more: `answers` lists values that must all be among the answers (compared
 //! without case and trailing dots), `rcode: NXDOMAIN` expects the name not to exist.
 //!
-//! Phases: `dns_ms` the query (with the resolver's retries); no other phase happens.
+//! Phases: `dns_ms` only. The query goes first from a socket of the probe's own to the
+//! named server, or the system's first one, and is timed from the kernel's stamps: the
+//! query leaving to the answer arriving, as for the `http` kind's lookups (#14). An
+//! answer that settles nothing (truncated, SERVFAIL, REFUSED, silence) hands over to
+//! the resolver's retries (TCP, other servers); the phase then spans both attempts on
+//! the probe's clock.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use hickory_resolver::TokioResolver;
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
 use super::settings_of;
-use crate::probe::dns::{build_resolver, parse_dns_servers};
+use crate::probe::dns::{build_resolver, parse_dns_servers, SERVER_TIMEOUT};
+use crate::probe::dns_query;
 use crate::probe::monitor::{invalid, MonitorSpec};
 use crate::probe::observation::Observation;
 use crate::probe::timings::Phase;
@@ -196,38 +203,79 @@ pub(crate) async fn probe(
     let fqdn = dns.fqdn();
     let name = fqdn.trim_end_matches('.');
     seen.phase = Phase::Dns;
-    seen.timings.hop().dns_start = Some(std::time::Instant::now());
-    let result = resolver.lookup(fqdn.as_str(), dns.record_type).await;
-    seen.timings.hop().dns_done = Some(std::time::Instant::now());
-    let (rcode, answers) = match result {
-        Ok(lookup) => (
-            ResponseCode::NoError,
-            lookup
-                .answers()
-                .iter()
-                .filter(|record| record.record_type() == dns.record_type)
-                .map(|record| record.data.to_string())
-                .collect::<Vec<_>>(),
-        ),
-        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. }))) => {
-            (response_code, Vec::new())
+    let started = Instant::now();
+    let direct = match (Name::from_ascii(&fqdn), dns.server.as_deref()) {
+        (Err(_), _) => None,
+        (Ok(query), Some((addr, _))) => {
+            dns_query::exchange(*addr, &query, &[dns.record_type], SERVER_TIMEOUT).await
         }
-        Err(NetError::Dns(DnsError::ResponseCode(code))) => (code, Vec::new()),
-        Err(NetError::Timeout) => {
-            return Err(Failure::new(
-                ErrorKind::DnsTimeout,
-                format!("{name}: no DNS server answered in time"),
-            ))
+        (Ok(query), None) => {
+            prober
+                .resolver
+                .ask_first_server(&query, &[dns.record_type])
+                .await
         }
-        Err(err) => {
-            return Err(Failure::new(
-                ErrorKind::DnsError,
-                format!("{name}: DNS query failed: {err}"),
-            ))
+    };
+    let settled = direct.and_then(|exchange| {
+        let answer = exchange.answers.first()?;
+        let rcode = answer.metadata.response_code;
+        let final_answer = !answer.metadata.truncation
+            && matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain);
+        final_answer.then(|| {
+            let answers = of_type(&answer.answers, dns.record_type);
+            (exchange.sent, exchange.answered, rcode, answers)
+        })
+    });
+    let (rcode, answers) = match settled {
+        Some((sent, answered, rcode, answers)) => {
+            let hop = seen.timings.hop();
+            hop.dns_start = Some(sent);
+            hop.dns_done = Some(answered);
+            (rcode, answers)
+        }
+        // Truncated, a server failure, silence: the resolver retries (over TCP, with the
+        // other servers), and the phase spans both attempts on the probe's clock.
+        None => {
+            let result = resolver.lookup(fqdn.as_str(), dns.record_type).await;
+            let hop = seen.timings.hop();
+            hop.dns_start = Some(started);
+            hop.dns_done = Some(Instant::now());
+            match result {
+                Ok(lookup) => (
+                    ResponseCode::NoError,
+                    of_type(lookup.answers(), dns.record_type),
+                ),
+                Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+                    response_code, ..
+                }))) => (response_code, Vec::new()),
+                Err(NetError::Dns(DnsError::ResponseCode(code))) => (code, Vec::new()),
+                Err(NetError::Timeout) => {
+                    return Err(Failure::new(
+                        ErrorKind::DnsTimeout,
+                        format!("{name}: no DNS server answered in time"),
+                    ))
+                }
+                Err(err) => {
+                    return Err(Failure::new(
+                        ErrorKind::DnsError,
+                        format!("{name}: DNS query failed: {err}"),
+                    ))
+                }
+            }
         }
     };
     seen.details = Some(json!({ "rcode": mnemonic(rcode), "answers": answers }));
     judge(dns, name, rcode, &answers)
+}
+
+/// The answers of the type asked, as dig prints their data (a CNAME chain's records
+/// are left out).
+fn of_type(records: &[Record], record_type: RecordType) -> Vec<String> {
+    records
+        .iter()
+        .filter(|record| record.record_type() == record_type)
+        .map(|record| record.data.to_string())
+        .collect()
 }
 
 fn judge(
