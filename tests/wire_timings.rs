@@ -2,11 +2,12 @@
 //!
 //! Builds the scene of `support::wire` (two network namespaces, a 20 ms round trip,
 //! DNS/HTTP/HTTPS servers, tcpdump on the client interface), probes the HTTP and the
-//! HTTPS target and queries the DNS server (the `dns` kind) with the library's `Prober`
-//! from the client namespace (and the two targets with `vantage check`, a fresh process
-//! per probe), idle and then with a busy loop on every core but one, and compares each
-//! stored phase with the same span on the wire. Prints the distribution of `stored − wire` per phase and
-//! asserts bounds on it.
+//! HTTPS target, queries the DNS server (the `dns` kind) and sends a request by hand
+//! (the `tcp` kind) with the library's `Prober` from the client namespace (and the two
+//! targets with `vantage check`, a fresh process per probe), idle and then with a busy
+//! loop on every core but one, and compares each stored phase with the same span on
+//! the wire. Prints the distribution of `stored − wire` per phase and asserts bounds
+//! on it.
 //!
 //! Needs root, `ip`, `tcpdump` and `/dev/net/tun` (CI runs as root and installs
 //! tcpdump); otherwise it is skipped with the reason. `VANTAGE_SKIP_NETNS=1` skips it
@@ -55,6 +56,7 @@ fn check(label: &str, results: &Results, runs: usize) {
             &["dns", "connect", "tls", "ttfb"][..],
         ),
         (&results.vantage_dns_kind, &["dns"][..]),
+        (&results.vantage_tcp_kind, &["dns", "connect", "ttfb"][..]),
         (&results.check_http, &["dns", "connect", "ttfb"][..]),
         (&results.check_https, &["dns", "connect", "tls", "ttfb"][..]),
     ] {

@@ -512,6 +512,9 @@ pub struct Results {
     pub vantage_https: Vec<(Phases, Phases)>,
     /// The `dns` kind (`dns://HOST?type=A`): a query and nothing else.
     pub vantage_dns_kind: Vec<(Phases, Phases)>,
+    /// The `tcp` kind sending an HTTP/1.1 request by hand to the HTTP server and
+    /// expecting its status line.
+    pub vantage_tcp_kind: Vec<(Phases, Phases)>,
     /// `vantage check`, a fresh process per probe.
     pub check_http: Vec<(Phases, Phases)>,
     pub check_https: Vec<(Phases, Phases)>,
@@ -527,6 +530,7 @@ impl Results {
             ("vantage http", &self.vantage_http),
             ("vantage https", &self.vantage_https),
             ("vantage dns kind", &self.vantage_dns_kind),
+            ("vantage tcp kind", &self.vantage_tcp_kind),
             ("vantage check http", &self.check_http),
             ("vantage check https", &self.check_https),
             ("curl http", &self.curl_http),
@@ -548,77 +552,97 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
     let capture = lab.capture();
     let (dns, ca) = (lab.dns_server(), lab.ca.cert_der.clone());
     let urls = [lab.http_url(), lab.https_url()];
-    let (probes, dns_kind): (Vec<Timed>, Vec<Timed>) = lab.in_client(move |runtime| {
-        runtime.block_on(async move {
-            let prober = vantage::probe::Prober::builder()
-                .dns_servers(vec![dns])
-                .extra_roots(vec![ca])
-                .build()
-                .expect("a prober");
-            let monitors: Vec<_> = urls
-                .iter()
-                .map(|url| {
-                    vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
-                        url: url.clone(),
-                        timeout: Duration::from_secs(5),
-                        ..Default::default()
+    let (probes, dns_kind, tcp_kind): (Vec<Timed>, Vec<Timed>, Vec<Timed>) =
+        lab.in_client(move |runtime| {
+            runtime.block_on(async move {
+                let prober = vantage::probe::Prober::builder()
+                    .dns_servers(vec![dns])
+                    .extra_roots(vec![ca])
+                    .build()
+                    .expect("a prober");
+                let monitors: Vec<_> = urls
+                    .iter()
+                    .map(|url| {
+                        vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
+                            url: url.clone(),
+                            timeout: Duration::from_secs(5),
+                            ..Default::default()
+                        })
+                        .expect("a valid monitor")
                     })
-                    .expect("a valid monitor")
+                    .collect();
+                let dns_monitor = vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
+                    kind: vantage::probe::Kind::Dns,
+                    url: format!("dns://{HOST}?type=A"),
+                    timeout: Duration::from_secs(5),
+                    ..Default::default()
                 })
-                .collect();
-            let dns_monitor = vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
-                kind: vantage::probe::Kind::Dns,
-                url: format!("dns://{HOST}?type=A"),
+                .expect("a valid dns monitor");
+                let tcp_monitor = vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
+                kind: vantage::probe::Kind::Tcp,
+                url: format!("tcp://{HOST}:80"),
+                settings: serde_json::json!({
+                    "send": format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
+                    "expect": "HTTP/1.1 200",
+                }),
                 timeout: Duration::from_secs(5),
                 ..Default::default()
             })
-            .expect("a valid dns monitor");
-            for monitor in monitors.iter().chain([&dns_monitor]) {
-                prober.probe(monitor).await;
-            }
-            let mut out = Vec::new();
-            let mut dns_out = Vec::new();
-            for _ in 0..runs {
-                let from = unix_now();
-                let report = prober.probe(&dns_monitor).await;
-                let to = unix_now();
-                assert_eq!(
-                    report.status,
-                    vantage::ProbeStatus::Up,
-                    "dns kind: {:?}",
-                    report.error_message
-                );
-                let stored = Phases {
-                    dns: report.dns_ms,
-                    ..Phases::default()
-                };
-                dns_out.push((false, from, to, stored));
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                for (i, monitor) in monitors.iter().enumerate() {
-                    let from = unix_now();
-                    let report = prober.probe(monitor).await;
-                    let to = unix_now();
-                    assert_eq!(
-                        report.status,
-                        vantage::ProbeStatus::Up,
-                        "probe of {}: {:?}",
-                        urls[i],
-                        report.error_message
-                    );
-                    let stored = Phases {
-                        dns: report.dns_ms,
-                        connect: report.connect_ms,
-                        tls: report.tls_ms,
-                        ttfb: report.ttfb_ms,
-                    };
-                    out.push((i == 1, from, to, stored));
-                    // Let the connection's closing packets pass before the next window.
-                    tokio::time::sleep(Duration::from_millis(30)).await;
+            .expect("a valid tcp monitor");
+                for monitor in monitors.iter().chain([&dns_monitor, &tcp_monitor]) {
+                    prober.probe(monitor).await;
                 }
-            }
-            (out, dns_out)
-        })
-    });
+                let mut out = Vec::new();
+                let mut dns_out = Vec::new();
+                let mut tcp_out = Vec::new();
+                for _ in 0..runs {
+                    for (kind, monitor, sink) in [
+                        ("dns", &dns_monitor, &mut dns_out),
+                        ("tcp", &tcp_monitor, &mut tcp_out),
+                    ] {
+                        let from = unix_now();
+                        let report = prober.probe(monitor).await;
+                        let to = unix_now();
+                        assert_eq!(
+                            report.status,
+                            vantage::ProbeStatus::Up,
+                            "{kind} kind: {:?}",
+                            report.error_message
+                        );
+                        let stored = Phases {
+                            dns: report.dns_ms,
+                            connect: report.connect_ms,
+                            tls: None,
+                            ttfb: report.ttfb_ms,
+                        };
+                        sink.push((false, from, to, stored));
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                    }
+                    for (i, monitor) in monitors.iter().enumerate() {
+                        let from = unix_now();
+                        let report = prober.probe(monitor).await;
+                        let to = unix_now();
+                        assert_eq!(
+                            report.status,
+                            vantage::ProbeStatus::Up,
+                            "probe of {}: {:?}",
+                            urls[i],
+                            report.error_message
+                        );
+                        let stored = Phases {
+                            dns: report.dns_ms,
+                            connect: report.connect_ms,
+                            tls: report.tls_ms,
+                            ttfb: report.ttfb_ms,
+                        };
+                        out.push((i == 1, from, to, stored));
+                        // Let the connection's closing packets pass before the next window.
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                    }
+                }
+                (out, dns_out, tcp_out)
+            })
+        });
     let external = |tool: &dyn Fn(&str) -> Phases| {
         let mut timed: Vec<Timed> = Vec::new();
         for _ in 0..runs {
@@ -647,6 +671,7 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
         vantage_http: pair(&probes, false),
         vantage_https: pair(&probes, true),
         vantage_dns_kind: pair(&dns_kind, false),
+        vantage_tcp_kind: pair(&tcp_kind, false),
         check_http: pair(&checks, false),
         check_https: pair(&checks, true),
         curl_http: pair(&curls, false),

@@ -2,9 +2,10 @@
 //! bytes (`send`) and reads until the answer contains `expect` (a banner such as
 //! `SSH-2.0` or `220 `, or a reply such as `+PONG`).
 //!
-//! Phases: `dns_ms` and `connect_ms` as for http; `ttfb_ms` from the connection (or
-//! the end of the write, when something is sent) to the first bytes of the answer;
-//! `transfer_ms` from there to the expected text. The first 256 bytes of the answer
+//! Phases: `dns_ms` and `connect_ms` as for http; `ttfb_ms` from the connection (the
+//! SYN/ACK arriving) or, when something is sent, its last byte leaving, to the first
+//! bytes of the answer arriving; `transfer_ms` from there to the arrival of the data
+//! holding the expected text. Kernel stamps, as for http (`wire_clock`). The first 256 bytes of the answer
 //! are kept in `details.banner`.
 
 use std::fmt;
@@ -110,14 +111,18 @@ pub(crate) async fn probe(
 ) -> Result<(), Failure> {
     let (addrs, _) = dns::resolve_host(prober, &tcp.host, monitor.ip_family, seen).await?;
     let mut stream = connect::connect_timed(&addrs, tcp.port, deadline, seen).await?;
+    // Without anything sent, the answer is a banner the server writes once connected.
+    let hop = seen.timings.hop();
+    hop.ready = hop.connected;
     if let Some(bytes) = tcp.send() {
         seen.phase = Phase::Reply;
+        seen.stamps.await_reply();
         stream
             .write_all(bytes)
             .await
             .map_err(|err| closed("sending", &err))?;
+        seen.timings.hop().ready = Some(std::time::Instant::now());
     }
-    seen.timings.hop().ready = Some(std::time::Instant::now());
     match tcp.expect() {
         Some(expected) => read_until(&mut stream, expected, seen).await,
         None => Ok(()),
@@ -145,7 +150,13 @@ async fn read_until(
             Err(err) => return Err(closed("reading the reply", &err)),
         };
         if n > 0 && answer.is_empty() {
-            seen.timings.hop().head = Some(std::time::Instant::now());
+            let head = arrived(seen);
+            let hop = seen.timings.hop();
+            hop.request_sent = seen
+                .stamps
+                .request_sent()
+                .filter(|at| Some(*at) >= hop.connected);
+            hop.head = Some(head);
         }
         answer.extend_from_slice(&chunk[..n]);
         seen.details = Some(json!({ "banner": banner(&answer) }));
@@ -153,7 +164,7 @@ async fn read_until(
         if found || n == 0 || answer.len() >= MAX_ANSWER_BYTES {
             seen.response_size = Some(answer.len() as u64);
             if found {
-                seen.timings.hop().body_done = Some(std::time::Instant::now());
+                seen.timings.hop().body_done = Some(arrived(seen));
                 return Ok(());
             }
             let ending = if n == 0 {
@@ -170,6 +181,13 @@ async fn read_until(
             ));
         }
     }
+}
+
+/// When the data of the latest read arrived: the kernel's stamp, else now.
+fn arrived(seen: &Observation) -> std::time::Instant {
+    seen.stamps
+        .last_read()
+        .unwrap_or_else(std::time::Instant::now)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
