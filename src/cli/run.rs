@@ -115,8 +115,9 @@ pub struct NotifyArgs {
     #[arg(long, env = "VANTAGE_NOTIFY_GIVE_UP_AFTER", default_value = "24h",
           value_parser = duration(MINUTE..=30 * 24 * HOUR))]
     pub notify_give_up_after: Duration,
-    /// Most delivery attempts in flight at once.
-    #[arg(long, env = "VANTAGE_NOTIFY_CONCURRENCY", default_value_t = 32)]
+    /// Most delivery attempts in flight at once. 1 to 1000.
+    #[arg(long, env = "VANTAGE_NOTIFY_CONCURRENCY", default_value_t = 32,
+          value_parser = number::<usize>(1..=1000))]
     pub notify_concurrency: usize,
     /// How often reminders (routes with repeat_every) and certificate notices are
     /// queued. 1s to 1h.
@@ -129,9 +130,6 @@ impl NotifyArgs {
     /// The configuration, with a prober set up from the environment
     /// (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
     pub fn config(&self) -> Result<NotifyConfig, NotifyConfigError> {
-        if self.notify_concurrency == 0 {
-            return Err(NotifyConfigError::ZeroConcurrency);
-        }
         if self.notify_backoff_max < self.notify_backoff_base {
             let shown = |d: Duration| humantime::format_duration(d).to_string();
             return Err(NotifyConfigError::BackoffMaxBelowBase {
@@ -259,9 +257,10 @@ mod tests {
     }
 
     /// A zero sweep interval panicked the notification worker, a zero backoff retried
-    /// a failing endpoint in a busy loop, a zero attempt timeout failed every delivery.
+    /// a failing endpoint in a busy loop, a zero attempt timeout failed every delivery,
+    /// a zero concurrency delivered nothing.
     #[test]
-    fn notification_durations_out_of_range_are_refused_with_the_variable_and_the_range() {
+    fn notification_settings_out_of_range_are_refused_with_the_variable_and_the_range() {
         let parse = |flags: &[&str]| {
             let mut argv = vec!["vantage", "--datacenter", "va", "--database-url", "x"];
             argv.extend_from_slice(flags);
@@ -283,6 +282,14 @@ mod tests {
                 "{err}"
             );
         }
+        let err = parse(&["--notify-concurrency", "0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("VANTAGE_NOTIFY_CONCURRENCY") && err.contains("from 1 to 1000"),
+            "{err}"
+        );
         let cli = parse(&["--notify-backoff-base", "10m", "--notify-backoff-max", "1m"]).unwrap();
         let err = cli.run.notify.config().unwrap_err().to_string();
         assert!(

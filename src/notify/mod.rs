@@ -95,8 +95,6 @@ impl NotifyConfig {
 /// Why the delivery settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyConfigError {
-    #[error("VANTAGE_NOTIFY_CONCURRENCY must be at least 1")]
-    ZeroConcurrency,
     #[error("VANTAGE_NOTIFY_BACKOFF_MAX ({max}) is shorter than VANTAGE_NOTIFY_BACKOFF_BASE ({base}); raise the first or lower the second")]
     BackoffMaxBelowBase { base: String, max: String },
     /// The HTTP client (`VANTAGE_CA_FILE`, `VANTAGE_DNS_SERVERS`).
