@@ -76,7 +76,9 @@ async fn probe_expecting_timeout(spec: MonitorSpec) -> ProbeReport {
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(report.status, ProbeStatus::Down, "{report:?}");
     assert!(report.total_ms >= timeout_ms, "{report:?}");
-    assert!(report.total_ms < timeout_ms + 20.0, "overran: {report:?}");
+    // The deadline is a timer: on a loaded machine (the whole suite running on two
+    // cores) it fires late by the scheduler's delay, not by anything the probe waits for.
+    assert!(report.total_ms < timeout_ms + SLACK_MS, "overran: {report:?}");
     assert!(wall_ms < timeout_ms + SLACK_MS, "wall clock {wall_ms} ms");
     report
 }
