@@ -78,7 +78,10 @@ async fn probe_expecting_timeout(spec: MonitorSpec) -> ProbeReport {
     assert!(report.total_ms >= timeout_ms, "{report:?}");
     // The deadline is a timer: on a loaded machine (the whole suite running on two
     // cores) it fires late by the scheduler's delay, not by anything the probe waits for.
-    assert!(report.total_ms < timeout_ms + SLACK_MS, "overran: {report:?}");
+    assert!(
+        report.total_ms < timeout_ms + SLACK_MS,
+        "overran: {report:?}"
+    );
     assert!(wall_ms < timeout_ms + SLACK_MS, "wall clock {wall_ms} ms");
     report
 }
