@@ -578,17 +578,17 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
                     ..Default::default()
                 })
                 .expect("a valid dns monitor");
+                // An HTTP/1.1 request sent by hand: the tcp kind's reply phases on the wire.
+                let request =
+                    format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
                 let tcp_monitor = vantage::probe::Monitor::new(vantage::probe::MonitorSpec {
-                kind: vantage::probe::Kind::Tcp,
-                url: format!("tcp://{HOST}:80"),
-                settings: serde_json::json!({
-                    "send": format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
-                    "expect": "HTTP/1.1 200",
-                }),
-                timeout: Duration::from_secs(5),
-                ..Default::default()
-            })
-            .expect("a valid tcp monitor");
+                    kind: vantage::probe::Kind::Tcp,
+                    url: format!("tcp://{HOST}:80"),
+                    settings: serde_json::json!({ "send": request, "expect": "HTTP/1.1 200" }),
+                    timeout: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .expect("a valid tcp monitor");
                 for monitor in monitors.iter().chain([&dns_monitor, &tcp_monitor]) {
                     prober.probe(monitor).await;
                 }
@@ -596,48 +596,10 @@ pub fn measure(lab: &Lab, runs: usize) -> Results {
                 let mut dns_out = Vec::new();
                 let mut tcp_out = Vec::new();
                 for _ in 0..runs {
-                    for (kind, monitor, sink) in [
-                        ("dns", &dns_monitor, &mut dns_out),
-                        ("tcp", &tcp_monitor, &mut tcp_out),
-                    ] {
-                        let from = unix_now();
-                        let report = prober.probe(monitor).await;
-                        let to = unix_now();
-                        assert_eq!(
-                            report.status,
-                            vantage::ProbeStatus::Up,
-                            "{kind} kind: {:?}",
-                            report.error_message
-                        );
-                        let stored = Phases {
-                            dns: report.dns_ms,
-                            connect: report.connect_ms,
-                            tls: None,
-                            ttfb: report.ttfb_ms,
-                        };
-                        sink.push((false, from, to, stored));
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                    }
+                    dns_out.push(timed_probe(&prober, &dns_monitor, false, "dns kind").await);
+                    tcp_out.push(timed_probe(&prober, &tcp_monitor, false, "tcp kind").await);
                     for (i, monitor) in monitors.iter().enumerate() {
-                        let from = unix_now();
-                        let report = prober.probe(monitor).await;
-                        let to = unix_now();
-                        assert_eq!(
-                            report.status,
-                            vantage::ProbeStatus::Up,
-                            "probe of {}: {:?}",
-                            urls[i],
-                            report.error_message
-                        );
-                        let stored = Phases {
-                            dns: report.dns_ms,
-                            connect: report.connect_ms,
-                            tls: report.tls_ms,
-                            ttfb: report.ttfb_ms,
-                        };
-                        out.push((i == 1, from, to, stored));
-                        // Let the connection's closing packets pass before the next window.
-                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        out.push(timed_probe(&prober, monitor, i == 1, &urls[i]).await);
                     }
                 }
                 (out, dns_out, tcp_out)
@@ -686,6 +648,34 @@ pub fn window(packets: &[Packet], from: f64, to: f64) -> Vec<Packet> {
         .filter(|p| p.at >= from && p.at <= to)
         .copied()
         .collect()
+}
+
+/// One probe by the in-process `Prober`, which must come back up, with the wall clock
+/// around it (to find its packets) and the phases it stored.
+async fn timed_probe(
+    prober: &vantage::probe::Prober,
+    monitor: &vantage::probe::Monitor,
+    https: bool,
+    what: &str,
+) -> (bool, f64, f64, Phases) {
+    let from = unix_now();
+    let report = prober.probe(monitor).await;
+    let to = unix_now();
+    assert_eq!(
+        report.status,
+        vantage::ProbeStatus::Up,
+        "probe of {what}: {:?}",
+        report.error_message
+    );
+    let stored = Phases {
+        dns: report.dns_ms,
+        connect: report.connect_ms,
+        tls: report.tls_ms,
+        ttfb: report.ttfb_ms,
+    };
+    // Let the connection's closing packets pass before the next window.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    (https, from, to, stored)
 }
 
 /// Now, in Unix seconds (the capture's clock).
