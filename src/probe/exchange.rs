@@ -284,11 +284,7 @@ where
         .stamps
         .request_sent()
         .filter(|at| Some(*at) >= hop.ready);
-    hop.head = Some(
-        seen.stamps
-            .last_read()
-            .unwrap_or_else(std::time::Instant::now),
-    );
+    hop.head = Some(seen.stamps.last_arrival());
     seen.phase = Phase::Body;
     seen.http_status = Some(response.status().as_u16());
     seen.http_version = Some(

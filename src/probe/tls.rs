@@ -141,11 +141,7 @@ impl TlsConfigs {
         if let Some(hello) = seen.stamps.first_write() {
             hop.tls_start = Some(hello);
         }
-        hop.tls_done = Some(
-            seen.stamps
-                .last_read()
-                .unwrap_or_else(std::time::Instant::now),
-        );
+        hop.tls_done = Some(seen.stamps.last_arrival());
         seen.tls_version = version_name(&stream);
         Ok(stream)
     }

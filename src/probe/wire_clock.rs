@@ -321,6 +321,12 @@ impl StreamStamps {
         self.log().last_read
     }
 
+    /// When the data of the latest read arrived, for a phase that ends with it: the
+    /// instant now if nothing was read through these stamps (a stream without them).
+    pub(crate) fn last_arrival(&self) -> Instant {
+        self.last_read().unwrap_or_else(Instant::now)
+    }
+
     /// Starts a request/reply exchange: [`StreamStamps::request_sent`] becomes the last
     /// write before the next read that returns data. (A later write, such as an HTTP/2
     /// SETTINGS acknowledgement, is not the request.) Writes held since

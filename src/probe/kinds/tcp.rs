@@ -5,8 +5,8 @@
 //! Phases: `dns_ms` and `connect_ms` as for http; `ttfb_ms` from the connection (the
 //! SYN/ACK arriving) or, when something is sent, its last byte leaving, to the first
 //! bytes of the answer arriving; `transfer_ms` from there to the arrival of the data
-//! holding the expected text. Kernel stamps, as for http (`wire_clock`). The first 256 bytes of the answer
-//! are kept in `details.banner`.
+//! holding the expected text. Kernel stamps, as for http (`wire_clock`). The first 256
+//! bytes of the answer are kept in `details.banner`.
 
 use std::fmt;
 
@@ -150,7 +150,7 @@ async fn read_until(
             Err(err) => return Err(closed("reading the reply", &err)),
         };
         if n > 0 && answer.is_empty() {
-            let head = arrived(seen);
+            let head = seen.stamps.last_arrival();
             let hop = seen.timings.hop();
             hop.request_sent = seen
                 .stamps
@@ -164,7 +164,7 @@ async fn read_until(
         if found || n == 0 || answer.len() >= MAX_ANSWER_BYTES {
             seen.response_size = Some(answer.len() as u64);
             if found {
-                seen.timings.hop().body_done = Some(arrived(seen));
+                seen.timings.hop().body_done = Some(seen.stamps.last_arrival());
                 return Ok(());
             }
             let ending = if n == 0 {
@@ -181,13 +181,6 @@ async fn read_until(
             ));
         }
     }
-}
-
-/// When the data of the latest read arrived: the kernel's stamp, else now.
-fn arrived(seen: &Observation) -> std::time::Instant {
-    seen.stamps
-        .last_read()
-        .unwrap_or_else(std::time::Instant::now)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

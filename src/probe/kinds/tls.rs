@@ -7,7 +7,8 @@
 //! Phases: `dns_ms` and `connect_ms` as for http; `tls_ms` the handshake alone (after
 //! the SMTP exchange, with STARTTLS); `ttfb_ms`, with STARTTLS, from the connection
 //! (the SYN/ACK arriving) to the arrival of the data completing the SMTP greeting
-//! (kernel stamps, as for http). A `cert_expiry` assertion turns "expires in 9 days" into a failure.
+//! (kernel stamps, as for http). A `cert_expiry` assertion turns "expires in 9 days"
+//! into a failure.
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -107,11 +108,7 @@ async fn smtp_starttls(
     hop.ready = hop.connected;
     let mut reader = BufReader::with_capacity(1, &mut *tcp);
     smtp_reply(&mut reader, "220", "greeting").await?;
-    seen.timings.hop().head = Some(
-        seen.stamps
-            .last_read()
-            .unwrap_or_else(std::time::Instant::now),
-    );
+    seen.timings.hop().head = Some(seen.stamps.last_arrival());
     // EHLO names the client; a prober has no name of its own worth giving.
     let client = match host {
         Host::Domain(_) => "vantage.invalid".to_string(),
