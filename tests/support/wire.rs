@@ -548,7 +548,6 @@ impl Results {
 /// outside the phases) and with curl, alternating targets, and pairs every probe with
 /// its wire phases.
 pub fn measure(lab: &Lab, runs: usize) -> Results {
-    type Timed = (bool, f64, f64, Phases);
     let capture = lab.capture();
     let (dns, ca) = (lab.dns_server(), lab.ca.cert_der.clone());
     let urls = [lab.http_url(), lab.https_url()];
@@ -650,6 +649,10 @@ pub fn window(packets: &[Packet], from: f64, to: f64) -> Vec<Packet> {
         .collect()
 }
 
+/// One probe as measured: HTTPS or not, the wall clock before and after it (Unix
+/// seconds, to find its packets), and the phases it reported.
+type Timed = (bool, f64, f64, Phases);
+
 /// One probe by the in-process `Prober`, which must come back up, with the wall clock
 /// around it (to find its packets) and the phases it stored.
 async fn timed_probe(
@@ -657,7 +660,7 @@ async fn timed_probe(
     monitor: &vantage::probe::Monitor,
     https: bool,
     what: &str,
-) -> (bool, f64, f64, Phases) {
+) -> Timed {
     let from = unix_now();
     let report = prober.probe(monitor).await;
     let to = unix_now();
